@@ -1,0 +1,9 @@
+//! Host-independent logic: no proxy-wasm calls here, so all of it is unit-tested natively.
+
+pub mod config_error;
+pub mod exchange;
+pub mod exchange_config;
+pub mod exchange_sim;
+pub mod frame;
+pub mod pairs;
+pub mod workload;
