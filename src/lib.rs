@@ -8,3 +8,11 @@
 
 pub mod logic;
 pub mod proto;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+/// `root_id` of the metadata-exchange filter.
+pub const EXCHANGE_ROOT_ID: &str = "istio_metadata_exchange";
+/// `root_id` of the TCP stats filter.
+pub const STATS_ROOT_ID: &str = "istio_tcp_stats";

@@ -1,6 +1,7 @@
 //! Host-independent logic: no proxy-wasm calls here, so all of it is unit-tested natively.
 
 pub mod config_error;
+pub mod endpoint;
 pub mod exchange;
 pub mod exchange_config;
 pub mod exchange_sim;

@@ -73,6 +73,25 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+}
+
+/// The host's log level, so messages it would drop are not even formatted.
+pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
+    use proxy_wasm::types::LogLevel;
+    let mut level = 0;
+    // SAFETY: `level` is valid for the call.
+    if unsafe { proxy_get_log_level(&mut level) } != OK {
+        return None;
+    }
+    Some(match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    })
 }
 
 fn path_bytes(path: &[&str]) -> Vec<u8> {
@@ -148,8 +167,17 @@ pub fn get_buffer(buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u
 
 /// Replaces `size` bytes at `start` of a connection buffer with `value` (see ENVOY-NOTES.md for
 /// which (start, size) pairs Envoy accepts: prepend, drop a prefix, replace all, append).
-pub fn set_buffer(buffer: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError> {
-    let data = if value.is_empty() { null() } else { value.as_ptr() };
+pub fn set_buffer(
+    buffer: Buffer,
+    start: usize,
+    size: usize,
+    value: &[u8],
+) -> Result<(), HostError> {
+    let data = if value.is_empty() {
+        null()
+    } else {
+        value.as_ptr()
+    };
     // SAFETY: `value` is valid for the call.
     let status = unsafe { proxy_set_buffer_bytes(buffer as u32, start, size, data, value.len()) };
     match status {

@@ -1,0 +1,90 @@
+//! One root context type for the whole module: `on_configure` reads `plugin_root_id` and
+//! becomes the exchange filter or the stats filter. proxy-wasm's Rust SDK registers a single
+//! root factory, so the choice by `root_id` is made here.
+
+use proxy_wasm::traits::{Context, RootContext, StreamContext};
+use proxy_wasm::types::ContextType;
+
+use super::exchange::ExchangeRoot;
+use super::host;
+use super::stats::StatsRoot;
+use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+
+enum Filter {
+    Unconfigured,
+    Exchange(ExchangeRoot),
+    Stats(StatsRoot),
+}
+
+pub struct DispatchRoot {
+    context_id: u32,
+    filter: Filter,
+}
+
+impl DispatchRoot {
+    pub fn new(context_id: u32) -> Self {
+        DispatchRoot {
+            context_id,
+            filter: Filter::Unconfigured,
+        }
+    }
+
+    fn configure(&mut self, config_size: usize) -> Result<(), String> {
+        let root_id = host::get_property_string(&["plugin_root_id"]).unwrap_or_default();
+        let config = host::get_buffer(host::Buffer::PluginConfiguration, 0, config_size)
+            .map_err(|e| format!("reading the plugin configuration failed: {e}"))?;
+        self.filter = match root_id.as_str() {
+            EXCHANGE_ROOT_ID => Filter::Exchange(ExchangeRoot::configure(&config)?),
+            STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(self.context_id, &config)?),
+            other => {
+                return Err(format!(
+                    "unknown root_id {other:?}: use {EXCHANGE_ROOT_ID:?} or {STATS_ROOT_ID:?}"
+                ))
+            }
+        };
+        Ok(())
+    }
+}
+
+impl Context for DispatchRoot {}
+
+/// A stream that leaves every byte alone (only for a root whose configuration failed).
+struct PassThrough;
+
+impl Context for PassThrough {}
+impl StreamContext for PassThrough {}
+
+impl RootContext for DispatchRoot {
+    fn on_configure(&mut self, config_size: usize) -> bool {
+        if let Some(level) = host::log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        match self.configure(config_size) {
+            Ok(()) => true,
+            Err(e) => {
+                // Returning false makes Envoy reject the filter configuration.
+                log::error!("invalid configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Filter::Stats(stats) = &mut self.filter {
+            stats.on_tick();
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::StreamContext)
+    }
+
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        match &self.filter {
+            Filter::Exchange(root) => Some(root.create_stream(context_id)),
+            Filter::Stats(root) => Some(root.create_stream(context_id)),
+            // The SDK panics on None; a context that touches nothing is the safe answer.
+            Filter::Unconfigured => Some(Box::new(PassThrough)),
+        }
+    }
+}

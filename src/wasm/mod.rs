@@ -1,0 +1,14 @@
+//! The proxy-wasm glue: thin contexts that feed host events to [`crate::logic`] and apply what
+//! it decides. Every fallible host call goes through [`host`], which never panics.
+
+mod dispatch;
+mod exchange;
+mod host;
+mod node;
+mod stats;
+
+proxy_wasm::main! {{
+    // Host calls are restricted here; `on_configure` narrows the level to the host's own.
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(dispatch::DispatchRoot::new(context_id)));
+}}
