@@ -40,8 +40,11 @@ impl fmt::Display for PairsError {
 
 impl std::error::Error for PairsError {}
 
+/// One (key, value) entry of a pairs blob.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits a pairs blob into (key, value) byte slices, in the order Envoy wrote them.
-pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&[u8], &[u8])>, PairsError> {
+pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<Pair<'_>>, PairsError> {
     let count = read_u32(bytes, 0)? as usize;
     // Each pair needs 8 bytes of sizes and 2 NULs: refuse counts the blob cannot hold before
     // allocating for them.

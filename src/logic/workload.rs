@@ -366,7 +366,7 @@ pub fn struct_value(s: Struct) -> Value {
     }
 }
 
-/// A Value as text: strings as they are, numbers and bools printed; anything else empty.
+/// A Value as text: strings as they are, anything else empty (as Istio's `string_value()`).
 fn string_of(value: &Value) -> &str {
     match &value.kind {
         Some(Kind::StringValue(s)) => s,
