@@ -7,4 +7,6 @@ pub mod exchange_config;
 pub mod exchange_sim;
 pub mod frame;
 pub mod pairs;
+pub mod report;
+pub mod stats;
 pub mod workload;

@@ -74,6 +74,17 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+/// Asks for `on_tick` on this root every `period`.
+pub fn set_tick_period(period: std::time::Duration) -> Result<(), HostError> {
+    let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: plain value.
+    match unsafe { proxy_set_tick_period_milliseconds(millis) } {
+        OK => Ok(()),
+        other => Err(HostError(other)),
+    }
 }
 
 /// The host's log level, so messages it would drop are not even formatted.

@@ -1,0 +1,193 @@
+//! The Bookinfo TCP topology used by the end-to-end tests, from the shipped `envoy/` templates:
+//!
+//! ```text
+//! app (test) ──▶ client sidecar (ratings-v2, outbound) ──▶ server sidecar (mongodb-v1, inbound) ──▶ backend
+//! ```
+//! Plaintext or mTLS (client cluster originates TLS with ALPN istio-peer-exchange; the server
+//! picks its `mx-mtls` chain by ALPN). Include with `mod support; mod mesh;`.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use crate::support::{
+    self, free_port, make_mtls_certs, render, yaml_single_quoted, Backend, Envoy, MtlsCerts,
+    TempDir,
+};
+
+pub const CLIENT_NODE_ID: &str =
+    "sidecar~10.0.0.1~ratings-v2-5b9f8d6c4-x7k2p.default~default.svc.cluster.local";
+pub const SERVER_NODE_ID: &str =
+    "sidecar~10.0.0.2~mongodb-v1-7d9f8b5c6-q4w8e.default~default.svc.cluster.local";
+
+pub const CLIENT_METADATA: &str = r#"{"NAME": "ratings-v2-5b9f8d6c4-x7k2p", "NAMESPACE": "default", "WORKLOAD_NAME": "ratings-v2", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/ratings-v2", "LABELS": {"app": "ratings", "version": "v2", "service.istio.io/canonical-name": "ratings-v2", "service.istio.io/canonical-revision": "v2"}}"#;
+pub const SERVER_METADATA: &str = r#"{"NAME": "mongodb-v1-7d9f8b5c6-q4w8e", "NAMESPACE": "default", "WORKLOAD_NAME": "mongodb-v1", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/mongodb-v1", "LABELS": {"app": "mongodb", "version": "v1", "service.istio.io/canonical-name": "mongodb", "service.istio.io/canonical-revision": "v1"}}"#;
+pub const ENDPOINT_WORKLOAD: &str = "mongodb-v1;default;mongodb;v1;Kubernetes";
+
+/// What to start; [`MeshOptions::default`] is the plaintext mesh with default configs.
+#[derive(Clone)]
+pub struct MeshOptions {
+    pub mtls: bool,
+    /// Endpoint label `tlsMode` on the client's cluster (`istio` or `disabled`).
+    pub tls_mode: &'static str,
+    pub client_exchange: String,
+    pub server_exchange_mtls: String,
+    pub server_exchange_plain: String,
+    pub client_stats: String,
+    pub server_stats: String,
+    pub concurrency: u32,
+    /// Point the client straight at the backend (no server sidecar): a non-mesh server.
+    pub without_server_sidecar: bool,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            mtls: false,
+            tls_mode: "istio",
+            client_exchange: r#"{"side":"client"}"#.into(),
+            server_exchange_mtls: r#"{"side":"server","server_mode":"expect"}"#.into(),
+            server_exchange_plain: r#"{"side":"server","server_mode":"detect"}"#.into(),
+            client_stats: "{}".into(),
+            server_stats: "{}".into(),
+            concurrency: 1,
+            without_server_sidecar: false,
+        }
+    }
+}
+
+pub struct Mesh {
+    pub client: Envoy,
+    pub server: Option<Envoy>,
+    /// Where the application connects.
+    pub client_port: u16,
+    /// The server sidecar's inbound listener (0 without one).
+    pub server_port: u16,
+    pub client_access_log: PathBuf,
+    pub server_access_log: PathBuf,
+    pub certs: MtlsCerts,
+    _dir: TempDir,
+}
+
+impl Mesh {
+    pub fn start(name: &str, backend: &Backend, opts: &MeshOptions) -> Mesh {
+        let dir = TempDir::new(name);
+        let certs = make_mtls_certs(&dir.path().join("certs"));
+        let client_access_log = dir.path().join("client-access.log");
+        let server_access_log = dir.path().join("server-access.log");
+        let wasm = support::wasm_module().display().to_string();
+        let path = |p: &PathBuf| p.display().to_string();
+        let service = [
+            (
+                "SERVICE_HOST",
+                "mongodb.default.svc.cluster.local".to_string(),
+            ),
+            ("SERVICE_NAME", "mongodb".to_string()),
+            ("SERVICE_NAMESPACE", "default".to_string()),
+            ("SERVICE_PORT", "27017".to_string()),
+        ];
+
+        let (server, server_port) = if opts.without_server_sidecar {
+            (None, 0)
+        } else {
+            let mut params = vec![
+                ("ADMIN_PORT", "0".to_string()),
+                ("LISTENER_PORT", free_port().to_string()),
+                ("NODE_ID", SERVER_NODE_ID.to_string()),
+                ("NODE_METADATA", SERVER_METADATA.to_string()),
+                ("WASM_PATH", wasm.clone()),
+                ("STATS_CONFIG", yaml_single_quoted(&opts.server_stats)),
+                (
+                    "EXCHANGE_CONFIG_MTLS",
+                    yaml_single_quoted(&opts.server_exchange_mtls),
+                ),
+                (
+                    "EXCHANGE_CONFIG_PLAIN",
+                    yaml_single_quoted(&opts.server_exchange_plain),
+                ),
+                ("BACKEND_PORT", backend.port().to_string()),
+                ("CERT_CHAIN", path(&certs.server_cert)),
+                ("PRIVATE_KEY", path(&certs.server_key)),
+                ("CA_CERT", path(&certs.ca_cert)),
+                ("ACCESS_LOG", path(&server_access_log)),
+            ];
+            params.extend(service.iter().cloned());
+            let yaml = render("sidecar-server.yaml", &params);
+            let envoy = Envoy::start(&format!("{name}-server"), &yaml, opts.concurrency);
+            let port = envoy.listener_port("inbound");
+            (Some(envoy), port)
+        };
+
+        let upstream = if opts.without_server_sidecar {
+            backend.port()
+        } else {
+            server_port
+        };
+        let mut params = vec![
+            ("ADMIN_PORT", "0".to_string()),
+            ("LISTENER_PORT", free_port().to_string()),
+            ("NODE_ID", CLIENT_NODE_ID.to_string()),
+            ("NODE_METADATA", CLIENT_METADATA.to_string()),
+            ("WASM_PATH", wasm),
+            ("STATS_CONFIG", yaml_single_quoted(&opts.client_stats)),
+            ("EXCHANGE_CONFIG", yaml_single_quoted(&opts.client_exchange)),
+            ("UPSTREAM_PORT", upstream.to_string()),
+            ("TLS_MODE", opts.tls_mode.to_string()),
+            ("ENDPOINT_WORKLOAD", ENDPOINT_WORKLOAD.to_string()),
+            ("ACCESS_LOG", path(&client_access_log)),
+        ];
+        params.extend(service.iter().cloned());
+        let template = if opts.mtls {
+            params.extend([
+                ("CERT_CHAIN", path(&certs.client_cert)),
+                ("PRIVATE_KEY", path(&certs.client_key)),
+                ("CA_CERT", path(&certs.ca_cert)),
+                (
+                    "SNI",
+                    "outbound_.27017_._.mongodb.default.svc.cluster.local".to_string(),
+                ),
+            ]);
+            "sidecar-client-mtls.yaml"
+        } else {
+            "sidecar-client.yaml"
+        };
+        let yaml = render(template, &params);
+        let client = Envoy::start(&format!("{name}-client"), &yaml, opts.concurrency);
+        let client_port = client.listener_port("outbound");
+        Mesh {
+            client,
+            server,
+            client_port,
+            server_port,
+            client_access_log,
+            server_access_log,
+            certs,
+            _dir: dir,
+        }
+    }
+
+    pub fn server(&self) -> &Envoy {
+        self.server
+            .as_ref()
+            .expect("this mesh has a server sidecar")
+    }
+}
+
+/// A request/response client: writes `request`, reads until `reply_len` bytes came back, then
+/// half-closes and reads to EOF. Unlike `support::client_roundtrip` it does not half-close
+/// before the reply: the server sidecar's `tls_inspector` closes a connection whose FIN arrives
+/// with its first bytes, before any filter chain is chosen (Envoy's listener-filter behaviour).
+pub fn request_reply(port: u16, request: &[u8], reply_len: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(request).expect("write request");
+    let mut reply = vec![0u8; reply_len];
+    conn.read_exact(&mut reply)
+        .unwrap_or_else(|e| panic!("reading {reply_len} reply bytes via port {port}: {e}"));
+    conn.shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    conn.read_to_end(&mut reply).expect("read to EOF");
+    reply
+}
