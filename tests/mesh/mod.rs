@@ -38,6 +38,8 @@ pub struct MeshOptions {
     pub concurrency: u32,
     /// Point the client straight at the backend (no server sidecar): a non-mesh server.
     pub without_server_sidecar: bool,
+    /// `stats_tags` entries for labels beyond Istio's (user-defined dimensions).
+    pub extra_stats_tags: Vec<&'static str>,
 }
 
 impl Default for MeshOptions {
@@ -52,6 +54,7 @@ impl Default for MeshOptions {
             server_stats: "{}".into(),
             concurrency: 1,
             without_server_sidecar: false,
+            extra_stats_tags: Vec::new(),
         }
     }
 }
@@ -77,7 +80,14 @@ impl Mesh {
         let server_access_log = dir.path().join("server-access.log");
         let wasm = support::wasm_module().display().to_string();
         let path = |p: &PathBuf| p.display().to_string();
+        let mut tags = support::stats_tags();
+        for label in &opts.extra_stats_tags {
+            tags.push_str(&format!(
+                "\n  - tag_name: {label}\n    regex: \"(_?{label}=\\\\.=(.*?);\\\\.;)\""
+            ));
+        }
         let service = [
+            ("STATS_TAGS", tags),
             (
                 "SERVICE_HOST",
                 "mongodb.default.svc.cluster.local".to_string(),
@@ -190,4 +200,57 @@ pub fn request_reply(port: u16, request: &[u8], reply_len: usize) -> Vec<u8> {
         .expect("half-close");
     conn.read_to_end(&mut reply).expect("read to EOF");
     reply
+}
+
+/// One sample of Prometheus text output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses `/stats/prometheus` output (comments skipped; label values unescaped for `\"`, `\\`).
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = value.parse().unwrap_or(f64::NAN);
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').expect("closing brace")),
+            None => (series, ""),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while let Some((key, after)) = rest.split_once("=\"") {
+            let mut val = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            map.insert(key.trim_start_matches(',').to_string(), val);
+            rest = &after[end..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
+    }
+    out
 }

@@ -1,0 +1,344 @@
+//! Configuration of the TCP stats filter (`root_id: istio_tcp_stats`).
+//!
+//! ```json
+//! {"tcp_reporting_duration": "15s", "reporter": "destination", "max_series_per_metric": 1000,
+//!  "metrics": [{"name": "tcp_sent_bytes_total", "tags_to_remove": ["source_principal"],
+//!               "dimensions": {"team": "destination_labels.team"}}],
+//!  "definitions": [{"name": "istio_mongo_received_bytes", "value": "bytes_received",
+//!                   "dimensions": {"source_version": "source_version"},
+//!                   "match": {"destination_service_name": "mongodb"}}]}
+//! ```
+//! `metrics` follows Istio's stats plugin (`name` is a standard metric, with or without `istio_`,
+//! a definition's name, or `""` for all standard metrics; `dimensions` with `""` also reach the
+//! definitions, as in Istio). Dimension values are attribute names ([`super::labels::attribute`])
+//! where Istio takes CEL. Every rejection names the field at fault.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::cardinality::{FOLDED_SERIES_METRIC, OVERFLOW_LABEL};
+use super::labels::{is_known_attribute, is_standard_label, Reporter, STANDARD_LABELS};
+use super::plan::{standard_metric, MetricPlan, Target, ValueKind, ISTIO_PREFIX};
+use super::stat_name::is_valid_name;
+use crate::logic::config_error::{parse_json, ConfigError};
+
+pub const DEFAULT_REPORTING_DURATION: Duration = Duration::from_secs(15);
+pub const MIN_REPORTING_DURATION: Duration = Duration::from_secs(1);
+/// Upper bound: the host's tick period is a u32 of milliseconds (about 49 days); a day is far
+/// above any sensible period and far below that.
+pub const MAX_REPORTING_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_MAX_SERIES: u64 = 1000;
+pub const MAX_SERIES_LIMIT: u64 = 100_000;
+
+/// The parsed, validated stats configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    pub tcp_reporting_duration: Duration,
+    /// `None`: the glue derives it from `xds.listener_direction`.
+    pub reporter: Option<Reporter>,
+    pub max_series_per_metric: usize,
+    pub plan: MetricPlan,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            tcp_reporting_duration: DEFAULT_REPORTING_DURATION,
+            reporter: None,
+            max_series_per_metric: DEFAULT_MAX_SERIES as usize,
+            plan: MetricPlan::standard(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatsConfig {
+    tcp_reporting_duration: Option<serde_json::Value>,
+    reporter: Option<Reporter>,
+    #[serde(default = "default_max_series")]
+    max_series_per_metric: u64,
+    #[serde(default)]
+    metrics: Vec<RawOverride>,
+    #[serde(default)]
+    definitions: Vec<RawDefinition>,
+}
+
+fn default_max_series() -> u64 {
+    DEFAULT_MAX_SERIES
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    drop: bool,
+    #[serde(default)]
+    tags_to_remove: Vec<String>,
+    /// Label → attribute; a BTreeMap, so labels are added in name order as Istio does.
+    #[serde(default)]
+    dimensions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum MetricType {
+    #[default]
+    Counter,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefinition {
+    name: String,
+    #[serde(default, rename = "type")]
+    _type: MetricType,
+    value: ValueKind,
+    #[serde(default)]
+    dimensions: BTreeMap<String, String>,
+    #[serde(default, rename = "match")]
+    match_: BTreeMap<String, String>,
+}
+
+impl StatsConfig {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawStatsConfig = parse_json(bytes)?;
+        let tcp_reporting_duration = match &raw.tcp_reporting_duration {
+            None => DEFAULT_REPORTING_DURATION,
+            Some(v) => reporting_duration(v)
+                .map_err(|e| ConfigError::field("tcp_reporting_duration", e))?,
+        };
+        if !(1..=MAX_SERIES_LIMIT).contains(&raw.max_series_per_metric) {
+            return Err(ConfigError::field(
+                "max_series_per_metric",
+                format!(
+                    "{} is outside 1..={MAX_SERIES_LIMIT}",
+                    raw.max_series_per_metric
+                ),
+            ));
+        }
+        let mut plan = MetricPlan::standard();
+        let mut names = LabelNames::new();
+        for (i, def) in raw.definitions.iter().enumerate() {
+            define(&mut plan, &mut names, &format!("definitions[{i}]"), def)?;
+        }
+        for (i, o) in raw.metrics.iter().enumerate() {
+            apply_override(&mut plan, &mut names, &format!("metrics[{i}]"), o)?;
+        }
+        Ok(StatsConfig {
+            tcp_reporting_duration,
+            reporter: raw.reporter,
+            max_series_per_metric: usize::try_from(raw.max_series_per_metric)
+                .unwrap_or(DEFAULT_MAX_SERIES as usize),
+            plan,
+        })
+    }
+}
+
+/// `"<n>s"`, `"<n>ms"`, `"<n>m"` (n a decimal such as `15` or `1.5`) or a JSON number of
+/// seconds, within [`MIN_REPORTING_DURATION`]..=[`MAX_REPORTING_DURATION`].
+fn reporting_duration(v: &serde_json::Value) -> Result<Duration, String> {
+    const FORMAT: &str = r#"expected "<n>s", "<n>ms", "<n>m" or a number of seconds"#;
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| FORMAT.to_string())?,
+        serde_json::Value::String(s) => {
+            let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+                (n, 0.001)
+            } else if let Some(n) = s.strip_suffix('s') {
+                (n, 1.0)
+            } else if let Some(n) = s.strip_suffix('m') {
+                (n, 60.0)
+            } else {
+                return Err(format!("{FORMAT}, got {s:?}"));
+            };
+            let decimal = !number.is_empty()
+                && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && number.chars().filter(|c| *c == '.').count() <= 1
+                && number.chars().any(|c| c.is_ascii_digit());
+            let n: f64 = match number.parse() {
+                Ok(n) if decimal => n,
+                _ => return Err(format!("{FORMAT}, got {s:?}")),
+            };
+            n * scale
+        }
+        other => return Err(format!("{FORMAT}, got {other}")),
+    };
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("{v} is not a duration"))?;
+    if d < MIN_REPORTING_DURATION {
+        return Err(format!("{v} is below the minimum of 1s"));
+    }
+    if d > MAX_REPORTING_DURATION {
+        return Err(format!("{v} is above the maximum of 24h"));
+    }
+    Ok(d)
+}
+
+/// Every label name in use, so that no new one clashes with another in Envoy's tag extraction.
+///
+/// The bootstrap's regex for label `b`, `(_?b=\.=(.*?);\.;)`, also matches inside the part of
+/// any label `a` that ends with `b` (`version` inside `source_version=.=…`), cutting that label
+/// in two; so no label name may be a suffix of another. `overflow` is reserved for folded
+/// series.
+struct LabelNames(Vec<String>);
+
+impl LabelNames {
+    fn new() -> Self {
+        let mut names: Vec<String> = STANDARD_LABELS.iter().map(|s| s.to_string()).collect();
+        names.push(OVERFLOW_LABEL.to_string());
+        LabelNames(names)
+    }
+
+    fn admit(&mut self, name: &str) -> Result<(), String> {
+        if !is_valid_name(name) {
+            return Err(format!(
+                "invalid label name {name:?} (must match ^[a-zA-Z_][a-zA-Z0-9_]*$)"
+            ));
+        }
+        if name == OVERFLOW_LABEL {
+            return Err(format!("label name {name:?} is reserved for folded series"));
+        }
+        if let Some(other) = self
+            .0
+            .iter()
+            .find(|n| n.as_str() != name && (n.ends_with(name) || name.ends_with(n.as_str())))
+        {
+            return Err(format!(
+                "label name {name:?} clashes with {other:?}: one ends with the other, so Envoy's \
+                 tag regex for the shorter would match inside the longer"
+            ));
+        }
+        if !self.0.iter().any(|n| n == name) {
+            self.0.push(name.to_string());
+        }
+        Ok(())
+    }
+}
+
+fn check_attribute(field: &str, attribute: &str) -> Result<(), ConfigError> {
+    if is_known_attribute(attribute) {
+        Ok(())
+    } else {
+        Err(ConfigError::field(
+            field,
+            format!("unknown attribute {attribute:?}"),
+        ))
+    }
+}
+
+fn define(
+    plan: &mut MetricPlan,
+    names: &mut LabelNames,
+    path: &str,
+    def: &RawDefinition,
+) -> Result<(), ConfigError> {
+    let field = format!("{path}.name");
+    if !is_valid_name(&def.name) {
+        return Err(ConfigError::field(
+            &field,
+            format!(
+                "invalid metric name {:?} (must match ^[a-zA-Z_][a-zA-Z0-9_]*$)",
+                def.name
+            ),
+        ));
+    }
+    let istio_name = format!("{ISTIO_PREFIX}{}", def.name);
+    if standard_metric(&def.name).is_some() || standard_metric(&istio_name).is_some() {
+        return Err(ConfigError::field(
+            &field,
+            format!("{:?} is a standard metric", def.name),
+        ));
+    }
+    if def.name == FOLDED_SERIES_METRIC {
+        return Err(ConfigError::field(
+            &field,
+            format!("{:?} is reserved for the folded-series counter", def.name),
+        ));
+    }
+    if plan.contains(&def.name) {
+        return Err(ConfigError::field(
+            &field,
+            format!("duplicate definition {:?}", def.name),
+        ));
+    }
+    for (label, attribute) in &def.dimensions {
+        let field = format!("{path}.dimensions.{label}");
+        names
+            .admit(label)
+            .map_err(|e| ConfigError::field(&field, e))?;
+        check_attribute(&field, attribute)?;
+    }
+    for attribute in def.match_.keys() {
+        check_attribute(&format!("{path}.match.{attribute}"), attribute)?;
+    }
+    let dimensions: Vec<(String, String)> = def
+        .dimensions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let matches = def
+        .match_
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    plan.define(&def.name, def.value, &dimensions, matches);
+    Ok(())
+}
+
+fn apply_override(
+    plan: &mut MetricPlan,
+    names: &mut LabelNames,
+    path: &str,
+    o: &RawOverride,
+) -> Result<(), ConfigError> {
+    // `""` reaches all standard metrics; its dimensions also reach definitions (Istio).
+    let (target, dimension_target) = if o.name.is_empty() {
+        (Target::Standard, Target::All)
+    } else if let Some(full) = standard_metric(&o.name) {
+        (Target::Named(full), Target::Named(full))
+    } else if plan.contains(&o.name) {
+        (Target::Named(&o.name), Target::Named(&o.name))
+    } else {
+        return Err(ConfigError::field(
+            &format!("{path}.name"),
+            format!(
+                "unknown metric {:?} (expected \"\", a standard TCP metric or a definition's name)",
+                o.name
+            ),
+        ));
+    };
+    for (j, tag) in o.tags_to_remove.iter().enumerate() {
+        if !is_standard_label(tag) {
+            return Err(ConfigError::field(
+                &format!("{path}.tags_to_remove[{j}]"),
+                format!("{tag:?} is not a standard label"),
+            ));
+        }
+    }
+    for (label, attribute) in &o.dimensions {
+        let field = format!("{path}.dimensions.{label}");
+        names
+            .admit(label)
+            .map_err(|e| ConfigError::field(&field, e))?;
+        check_attribute(&field, attribute)?;
+    }
+    if o.drop {
+        // As Istio: a dropped metric ignores the rest of its entry.
+        plan.drop_metrics(target);
+        return Ok(());
+    }
+    for tag in &o.tags_to_remove {
+        plan.remove_label(target, tag);
+    }
+    for (label, attribute) in &o.dimensions {
+        plan.set_label(dimension_target, label, attribute);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,30 @@
+//! The TCP stats filter's logic (`root_id: istio_tcp_stats`): Istio's four TCP metrics
+//! (`istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`,
+//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`), operator overrides and
+//! user-defined metrics, without the host.
+//!
+//! The glue gathers a connection's [`ConnectionFacts`], asks the config's [`MetricPlan`] for the
+//! [`Series`] to report, passes each stat name through a [`SeriesLimiter`], and adds the
+//! connection's counts to what comes back.
+//!
+//! - [`labels`]: Istio's 23 labels and the attribute vocabulary of overrides;
+//! - [`stat_name`]: labels encoded into the stat name for the bootstrap's `stats_tags`, safely;
+//! - [`response_flags`]: Envoy's `response.flags` bitmask as its short string;
+//! - [`config`]: the JSON configuration, validated with field-named errors;
+//! - [`plan`]: from facts to series;
+//! - [`cardinality`]: the per-metric cap on distinct series.
+
+pub mod cardinality;
+pub mod config;
+pub mod labels;
+pub mod plan;
+pub mod response_flags;
+pub mod stat_name;
+
+#[cfg(test)]
+mod test_fixtures;
+
+pub use cardinality::{Admitted, SeriesLimiter, FOLDED_SERIES_METRIC};
+pub use config::StatsConfig;
+pub use labels::{attribute, is_known_attribute, istio_labels, ConnectionFacts, Labels, Reporter};
+pub use plan::{MetricPlan, Series, ValueKind};
