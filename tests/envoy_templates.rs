@@ -109,7 +109,8 @@ fn filter_order_keeps_exchange_frames_away_from_stats() {
     }
 }
 
-/// One `stats_tags` entry per Istio TCP label, each of the documented regex form.
+/// One `stats_tags` entry per Istio TCP label (plus `overflow`), each of the documented
+/// regex form, and nothing else.
 #[test]
 fn stats_tags_cover_every_istio_tcp_label() {
     let labels = [
@@ -136,6 +137,8 @@ fn stats_tags_cover_every_istio_tcp_label() {
         "request_protocol",
         "response_flags",
         "connection_security_policy",
+        // Not an Istio label: marks the series folded by the filter's cardinality cap.
+        "overflow",
     ];
     let tags = stats_tags() + "\n";
     assert!(tags.starts_with("stats_config:\n  use_all_default_tags: false\n"));

@@ -17,8 +17,7 @@ use crate::logic::endpoint;
 use crate::logic::report::{ConnectionReport, Emission};
 use crate::logic::stats::response_flags;
 use crate::logic::stats::{
-    ConnectionFacts, Reporter, Series, SeriesLimiter, StatsConfig, ValueKind,
-    FOLDED_SERIES_METRIC,
+    ConnectionFacts, Reporter, Series, SeriesLimiter, StatsConfig, ValueKind, FOLDED_SERIES_METRIC,
 };
 use crate::logic::workload::WorkloadMetadata;
 

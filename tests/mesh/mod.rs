@@ -15,14 +15,12 @@ use crate::support::{
     TempDir,
 };
 
-pub const CLIENT_NODE_ID: &str =
-    "sidecar~10.0.0.1~ratings-v2-5b9f8d6c4-x7k2p.default~default.svc.cluster.local";
-pub const SERVER_NODE_ID: &str =
-    "sidecar~10.0.0.2~mongodb-v1-7d9f8b5c6-q4w8e.default~default.svc.cluster.local";
-
-pub const CLIENT_METADATA: &str = r#"{"NAME": "ratings-v2-5b9f8d6c4-x7k2p", "NAMESPACE": "default", "WORKLOAD_NAME": "ratings-v2", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/ratings-v2", "LABELS": {"app": "ratings", "version": "v2", "service.istio.io/canonical-name": "ratings-v2", "service.istio.io/canonical-revision": "v2"}}"#;
-pub const SERVER_METADATA: &str = r#"{"NAME": "mongodb-v1-7d9f8b5c6-q4w8e", "NAMESPACE": "default", "WORKLOAD_NAME": "mongodb-v1", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/mongodb-v1", "LABELS": {"app": "mongodb", "version": "v1", "service.istio.io/canonical-name": "mongodb", "service.istio.io/canonical-revision": "v1"}}"#;
-pub const ENDPOINT_WORKLOAD: &str = "mongodb-v1;default;mongodb;v1;Kubernetes";
+pub use crate::support::{
+    MONGODB_ENDPOINT_WORKLOAD as ENDPOINT_WORKLOAD, MONGODB_NODE_ID as SERVER_NODE_ID,
+    MONGODB_NODE_METADATA as SERVER_METADATA, RATINGS_NODE_ID as CLIENT_NODE_ID,
+    RATINGS_NODE_METADATA as CLIENT_METADATA, SERVICE_HOST, SERVICE_NAME, SERVICE_NAMESPACE,
+    SERVICE_PORT,
+};
 
 /// What to start; [`MeshOptions::default`] is the plaintext mesh with default configs.
 #[derive(Clone)]
@@ -40,6 +38,8 @@ pub struct MeshOptions {
     pub without_server_sidecar: bool,
     /// `stats_tags` entries for labels beyond Istio's (user-defined dimensions).
     pub extra_stats_tags: Vec<&'static str>,
+    /// Envoys in their own process group (tests); the demo says false so Ctrl-C reaches them.
+    pub own_process_group: bool,
 }
 
 impl Default for MeshOptions {
@@ -55,6 +55,7 @@ impl Default for MeshOptions {
             concurrency: 1,
             without_server_sidecar: false,
             extra_stats_tags: Vec::new(),
+            own_process_group: true,
         }
     }
 }
@@ -69,7 +70,8 @@ pub struct Mesh {
     pub client_access_log: PathBuf,
     pub server_access_log: PathBuf,
     pub certs: MtlsCerts,
-    _dir: TempDir,
+    /// Certificates and access logs; removed on drop (kept when a test panics).
+    pub dir: TempDir,
 }
 
 impl Mesh {
@@ -88,14 +90,17 @@ impl Mesh {
         }
         let service = [
             ("STATS_TAGS", tags),
-            (
-                "SERVICE_HOST",
-                "mongodb.default.svc.cluster.local".to_string(),
-            ),
-            ("SERVICE_NAME", "mongodb".to_string()),
-            ("SERVICE_NAMESPACE", "default".to_string()),
-            ("SERVICE_PORT", "27017".to_string()),
+            ("SERVICE_HOST", SERVICE_HOST.to_string()),
+            ("SERVICE_NAME", SERVICE_NAME.to_string()),
+            ("SERVICE_NAMESPACE", SERVICE_NAMESPACE.to_string()),
+            ("SERVICE_PORT", SERVICE_PORT.to_string()),
         ];
+        let start = |who: &str, yaml: &str| {
+            Envoy::builder(&format!("{name}-{who}"), yaml)
+                .concurrency(opts.concurrency)
+                .own_process_group(opts.own_process_group)
+                .start()
+        };
 
         let (server, server_port) = if opts.without_server_sidecar {
             (None, 0)
@@ -123,7 +128,7 @@ impl Mesh {
             ];
             params.extend(service.iter().cloned());
             let yaml = render("sidecar-server.yaml", &params);
-            let envoy = Envoy::start(&format!("{name}-server"), &yaml, opts.concurrency);
+            let envoy = start("server", &yaml);
             let port = envoy.listener_port("inbound");
             (Some(envoy), port)
         };
@@ -152,17 +157,14 @@ impl Mesh {
                 ("CERT_CHAIN", path(&certs.client_cert)),
                 ("PRIVATE_KEY", path(&certs.client_key)),
                 ("CA_CERT", path(&certs.ca_cert)),
-                (
-                    "SNI",
-                    "outbound_.27017_._.mongodb.default.svc.cluster.local".to_string(),
-                ),
+                ("SNI", format!("outbound_.{SERVICE_PORT}_._.{SERVICE_HOST}")),
             ]);
             "sidecar-client-mtls.yaml"
         } else {
             "sidecar-client.yaml"
         };
         let yaml = render(template, &params);
-        let client = Envoy::start(&format!("{name}-client"), &yaml, opts.concurrency);
+        let client = start("client", &yaml);
         let client_port = client.listener_port("outbound");
         Mesh {
             client,
@@ -172,7 +174,7 @@ impl Mesh {
             client_access_log,
             server_access_log,
             certs,
-            _dir: dir,
+            dir,
         }
     }
 

@@ -97,7 +97,8 @@ pub fn free_port() -> u16 {
 // Temporary directories
 
 /// A fresh directory `<tmp>/istio-tcp-telemetry-tests/<name>-<pid>-<n>`. It is removed on drop,
-/// unless the thread is panicking: then it is kept (and its path printed) for post-mortems.
+/// unless the thread is panicking: then it is kept (and its path printed) for post-mortems,
+/// until the first `TempDir` of a later process prunes the directories of dead processes.
 pub struct TempDir {
     path: PathBuf,
 }
@@ -116,9 +117,10 @@ impl TempDir {
                 }
             })
             .collect();
-        let path = std::env::temp_dir()
-            .join("istio-tcp-telemetry-tests")
-            .join(format!("{safe}-{}-{n}", std::process::id()));
+        let base = std::env::temp_dir().join("istio-tcp-telemetry-tests");
+        static PRUNED: std::sync::Once = std::sync::Once::new();
+        PRUNED.call_once(|| prune_dead_dirs(&base));
+        let path = base.join(format!("{safe}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
@@ -131,6 +133,23 @@ impl TempDir {
     /// `self.path().join(file)` as a `String`, handy as a template parameter.
     pub fn file(&self, file: &str) -> String {
         self.path.join(file).display().to_string()
+    }
+}
+
+/// Removes the directories left in `base` by processes that are gone (Linux: checks `/proc`).
+fn prune_dead_dirs(base: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<name>-<pid>-<n>`: the pid is the second field from the end.
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
@@ -252,7 +271,8 @@ impl EnvoyBuilder {
         self
     }
 
-    /// `-l`; default `info`.
+    /// `-l`; default `$ENVOY_TEST_LOG_LEVEL`, else `info`
+    /// (e.g. `ENVOY_TEST_LOG_LEVEL=debug cargo test --test e2e_passthrough`).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
         self
@@ -301,7 +321,8 @@ impl Envoy {
     ///
     /// Command line: `-c <cfg> --concurrency N --disable-hot-restart --log-path <log> -l info
     /// --admin-address-path <file> --file-flush-interval-msec 100` (access logs reach their
-    /// files within 0.1 s). Fails the test, printing the log, if Envoy exits or is not ready.
+    /// files within 0.1 s; `-l` follows `$ENVOY_TEST_LOG_LEVEL` when set). Fails the test,
+    /// printing the log, if Envoy exits or is not ready.
     pub fn start(name: &str, config_yaml: &str, concurrency: u32) -> Envoy {
         Envoy::builder(name, config_yaml)
             .concurrency(concurrency)
@@ -984,7 +1005,7 @@ fn openssl(args: &[&str], more: &[&str]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small mesh: backend ← server sidecar ← client sidecar ← test client
+// Bookinfo's ratings-v2 → mongodb, for tests/mesh and the demo
 
 /// Node metadata of the client workload (Bookinfo's ratings-v2), as Istio's agent sets it.
 pub const RATINGS_NODE_METADATA: &str = r#"{"NAME": "ratings-v2-5d7c8b9f4-x2k9p", "NAMESPACE": "default", "WORKLOAD_NAME": "ratings-v2", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/ratings-v2", "LABELS": {"app": "ratings", "version": "v2", "service.istio.io/canonical-name": "ratings-v2", "service.istio.io/canonical-revision": "v2"}}"#;
@@ -992,7 +1013,7 @@ pub const RATINGS_NODE_METADATA: &str = r#"{"NAME": "ratings-v2-5d7c8b9f4-x2k9p"
 pub const RATINGS_NODE_ID: &str =
     "sidecar~10.44.0.11~ratings-v2-5d7c8b9f4-x2k9p.default~default.svc.cluster.local";
 /// Node metadata of the server workload (Bookinfo's mongodb-v1).
-pub const MONGODB_NODE_METADATA: &str = r#"{"NAME": "mongodb-v1-6b8f9c7d5-q7w4e", "NAMESPACE": "default", "WORKLOAD_NAME": "mongodb-v1", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/mongodb-v1", "LABELS": {"app": "mongodb", "version": "v1", "service.istio.io/canonical-name": "mongodb-v1", "service.istio.io/canonical-revision": "v1"}}"#;
+pub const MONGODB_NODE_METADATA: &str = r#"{"NAME": "mongodb-v1-6b8f9c7d5-q7w4e", "NAMESPACE": "default", "WORKLOAD_NAME": "mongodb-v1", "CLUSTER_ID": "Kubernetes", "OWNER": "kubernetes://apis/apps/v1/namespaces/default/deployments/mongodb-v1", "LABELS": {"app": "mongodb", "version": "v1", "service.istio.io/canonical-name": "mongodb", "service.istio.io/canonical-revision": "v1"}}"#;
 /// Node id of the server sidecar.
 pub const MONGODB_NODE_ID: &str =
     "sidecar~10.44.0.12~mongodb-v1-6b8f9c7d5-q7w4e.default~default.svc.cluster.local";
@@ -1002,151 +1023,4 @@ pub const SERVICE_NAME: &str = "mongodb";
 pub const SERVICE_NAMESPACE: &str = "default";
 pub const SERVICE_PORT: u16 = 27017;
 /// The client's view of the server endpoint (`istio.workload` endpoint metadata).
-pub const MONGODB_ENDPOINT_WORKLOAD: &str = "mongodb-v1;default;mongodb-v1;v1;Kubernetes";
-
-/// What [`Mesh::start`] runs. `MeshOptions::default()` is the Istio-like setup: mutual TLS,
-/// client `{"side":"client"}`, server `expect` on the mTLS chain and `detect` on plaintext,
-/// stats `{}`, endpoint `tlsMode: istio`, backend `prefix_server(b"hello ")`, 1 worker each.
-pub struct MeshOptions {
-    /// Client sidecar: `sidecar-client-mtls.yaml` when true, else `sidecar-client.yaml`.
-    pub mtls: bool,
-    /// `--concurrency` of both Envoys.
-    pub concurrency: u32,
-    pub client_exchange_config: String,
-    pub server_exchange_config_mtls: String,
-    pub server_exchange_config_plain: String,
-    pub stats_config: String,
-    /// The endpoint's `tlsMode` label in the client sidecar.
-    pub tls_mode: String,
-    /// The application behind the server sidecar; `None` = `prefix_server(b"hello ")`.
-    pub backend: Option<Backend>,
-    /// When false, the client sidecar goes straight to the backend (no server sidecar).
-    pub server_sidecar: bool,
-    /// See [`EnvoyBuilder::own_process_group`] (the demo sets false).
-    pub own_process_group: bool,
-}
-
-impl Default for MeshOptions {
-    fn default() -> Self {
-        MeshOptions {
-            mtls: true,
-            concurrency: 1,
-            client_exchange_config: r#"{"side":"client"}"#.into(),
-            server_exchange_config_mtls: r#"{"side":"server","server_mode":"expect"}"#.into(),
-            server_exchange_config_plain: r#"{"side":"server","server_mode":"detect"}"#.into(),
-            stats_config: "{}".into(),
-            tls_mode: "istio".into(),
-            backend: None,
-            server_sidecar: true,
-            own_process_group: true,
-        }
-    }
-}
-
-/// A running client sidecar → server sidecar → backend chain. Fields drop in order: the client
-/// Envoy first, the directory (certificates, access logs) last.
-pub struct Mesh {
-    /// Client sidecar (`sidecar-client[-mtls].yaml`); listener `outbound`.
-    pub client: Envoy,
-    /// Server sidecar (`sidecar-server.yaml`); listener `inbound`. `None` without one.
-    pub server: Option<Envoy>,
-    pub backend: Backend,
-    /// Where the application connects: the client sidecar's listener port.
-    pub client_port: u16,
-    /// The server sidecar's listener port (the backend's port without a server sidecar).
-    pub server_port: u16,
-    pub client_access_log: PathBuf,
-    pub server_access_log: PathBuf,
-    pub certs: MtlsCerts,
-    pub dir: TempDir,
-}
-
-impl Mesh {
-    /// Makes certificates, starts the backend, the server sidecar (listener port read back)
-    /// and the client sidecar pointing at it.
-    pub fn start(name: &str, opts: MeshOptions) -> Mesh {
-        let dir = TempDir::new(&format!("{name}-mesh"));
-        let certs = make_mtls_certs(&dir.path().join("certs"));
-        let backend = opts.backend.unwrap_or_else(|| prefix_server(b"hello "));
-        let wasm = wasm_module().display().to_string();
-        let client_access_log = dir.path().join("client-access.log");
-        let server_access_log = dir.path().join("server-access.log");
-        let s = |p: &Path| p.display().to_string();
-        let q = |j: &str| yaml_single_quoted(j);
-        let common = |log: &Path| {
-            vec![
-                ("ADMIN_PORT", "0".to_string()),
-                ("LISTENER_PORT", "0".to_string()),
-                ("WASM_PATH", wasm.clone()),
-                ("STATS_CONFIG", q(&opts.stats_config)),
-                ("SERVICE_HOST", SERVICE_HOST.to_string()),
-                ("SERVICE_NAME", SERVICE_NAME.to_string()),
-                ("SERVICE_NAMESPACE", SERVICE_NAMESPACE.to_string()),
-                ("SERVICE_PORT", SERVICE_PORT.to_string()),
-                ("ACCESS_LOG", s(log)),
-            ]
-        };
-        let server = opts.server_sidecar.then(|| {
-            let mut p = common(&server_access_log);
-            p.extend([
-                ("NODE_ID", MONGODB_NODE_ID.to_string()),
-                ("NODE_METADATA", MONGODB_NODE_METADATA.to_string()),
-                ("EXCHANGE_CONFIG_MTLS", q(&opts.server_exchange_config_mtls)),
-                (
-                    "EXCHANGE_CONFIG_PLAIN",
-                    q(&opts.server_exchange_config_plain),
-                ),
-                ("BACKEND_PORT", backend.port().to_string()),
-                ("CERT_CHAIN", s(&certs.server_cert)),
-                ("PRIVATE_KEY", s(&certs.server_key)),
-                ("CA_CERT", s(&certs.ca_cert)),
-            ]);
-            let yaml = render("sidecar-server.yaml", &p);
-            Envoy::builder(&format!("{name}-server"), &yaml)
-                .concurrency(opts.concurrency)
-                .own_process_group(opts.own_process_group)
-                .start()
-        });
-        let server_port = match &server {
-            Some(e) => e.listener_port("inbound"),
-            None => backend.port(),
-        };
-        let mut p = common(&client_access_log);
-        p.extend([
-            ("NODE_ID", RATINGS_NODE_ID.to_string()),
-            ("NODE_METADATA", RATINGS_NODE_METADATA.to_string()),
-            ("EXCHANGE_CONFIG", q(&opts.client_exchange_config)),
-            ("UPSTREAM_PORT", server_port.to_string()),
-            ("TLS_MODE", opts.tls_mode.clone()),
-            ("ENDPOINT_WORKLOAD", MONGODB_ENDPOINT_WORKLOAD.to_string()),
-        ]);
-        let template = if opts.mtls {
-            p.extend([
-                ("CERT_CHAIN", s(&certs.client_cert)),
-                ("PRIVATE_KEY", s(&certs.client_key)),
-                ("CA_CERT", s(&certs.ca_cert)),
-                ("SNI", format!("outbound_.{SERVICE_PORT}_._.{SERVICE_HOST}")),
-            ]);
-            "sidecar-client-mtls.yaml"
-        } else {
-            "sidecar-client.yaml"
-        };
-        let yaml = render(template, &p);
-        let client = Envoy::builder(&format!("{name}-client"), &yaml)
-            .concurrency(opts.concurrency)
-            .own_process_group(opts.own_process_group)
-            .start();
-        let client_port = client.listener_port("outbound");
-        Mesh {
-            client,
-            server,
-            backend,
-            client_port,
-            server_port,
-            client_access_log,
-            server_access_log,
-            certs,
-            dir,
-        }
-    }
-}
+pub const MONGODB_ENDPOINT_WORKLOAD: &str = "mongodb-v1;default;mongodb;v1;Kubernetes";

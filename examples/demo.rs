@@ -1,0 +1,239 @@
+//! `make run`: Istio's TCP telemetry between two real Envoy sidecars, on loopback.
+//!
+//! ```text
+//! demo client ──▶ client sidecar (ratings-v2) ══mTLS══▶ server sidecar (mongodb-v1) ──▶ "mongodb"
+//!                 stats + exchange (client)             exchange (server) + stats      prefix server
+//! ```
+//! The backend answers every request with "hello " + request. The demo sends `world\n` on
+//! several connections, then prints each sidecar's Istio TCP metrics (or, while there are none,
+//! the metadata-exchange counters) and access logs. Without `--once` it then keeps both Envoys
+//! running for you to explore their admin pages, until Ctrl-C.
+//!
+//! Needs the Wasm module (`make build`, or `WASM_MODULE`), Envoy (`make envoy`, or `ENVOY_BIN`)
+//! and `openssl`. Usage: `cargo run --release --example demo -- [--once] [--plaintext]
+//! [--connections N] [--concurrency N]`.
+
+#[path = "../tests/mesh/mod.rs"]
+mod mesh;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mesh::{Mesh, MeshOptions};
+use support::{prefix_server, request_until, wait_for_lines, Envoy};
+
+struct Args {
+    once: bool,
+    plaintext: bool,
+    connections: usize,
+    concurrency: u32,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        once: false,
+        plaintext: false,
+        connections: 10,
+        concurrency: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut number = |what: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage(&format!("{what} needs a number")))
+        };
+        match a.as_str() {
+            "--once" => args.once = true,
+            "--plaintext" => args.plaintext = true,
+            "--connections" => args.connections = number("--connections") as usize,
+            "--concurrency" => args.concurrency = number("--concurrency") as u32,
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    args
+}
+
+fn usage(error: &str) -> ! {
+    if !error.is_empty() {
+        eprintln!("demo: {error}");
+    }
+    eprintln!(
+        "usage: demo [--once] [--plaintext] [--connections N] [--concurrency N]\n\
+         \x20 --once           exit after printing the results (default: wait for Ctrl-C)\n\
+         \x20 --plaintext      client sidecar without TLS (server uses its plaintext-detect chain)\n\
+         \x20 --connections N  connections to send (default 10)\n\
+         \x20 --concurrency N  worker threads of each Envoy (default 1)"
+    );
+    std::process::exit(if error.is_empty() { 0 } else { 2 });
+}
+
+fn step(n: u32, text: &str) {
+    println!("[{n}/4] {text}");
+}
+
+fn main() {
+    let args = parse_args();
+    // The release profile aborts on panic, so no destructor runs: say where the files are.
+    // (The Envoys still stop: they get SIGTERM when the demo dies, see `die_with_parent`.)
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!(
+            "demo failed; configs and Envoy logs are kept under {}",
+            std::env::temp_dir()
+                .join("istio-tcp-telemetry-tests")
+                .display()
+        );
+    }));
+    println!("Envoy:       {}", support::envoy_bin().display());
+    println!("Wasm module: {}", support::wasm_module().display());
+
+    step(
+        1,
+        "starting: certificates (openssl), backend, server sidecar (mongodb-v1), \
+         client sidecar (ratings-v2)",
+    );
+    let started = Instant::now();
+    let backend = prefix_server(b"hello ");
+    let mesh = Mesh::start(
+        "demo",
+        &backend,
+        &MeshOptions {
+            mtls: !args.plaintext,
+            concurrency: args.concurrency,
+            // Started from a terminal, Envoy then gets Ctrl-C along with the demo.
+            own_process_group: false,
+            ..MeshOptions::default()
+        },
+    );
+    let server = mesh.server();
+    println!(
+        "      backend 127.0.0.1:{}; server sidecar 127.0.0.1:{} (admin {}); \
+         client sidecar 127.0.0.1:{} (admin {}); up in {:?}",
+        backend.port(),
+        mesh.server_port,
+        server.admin_port(),
+        mesh.client_port,
+        mesh.client.admin_port(),
+        started.elapsed()
+    );
+
+    let how = if args.plaintext {
+        "plaintext"
+    } else {
+        "mutual TLS"
+    };
+    step(
+        2,
+        &format!(
+            "sending {} connections of \"world\\n\" through the client sidecar ({how})",
+            args.connections
+        ),
+    );
+    for i in 1..=args.connections {
+        // Request, then read the reply line: the client never half-closes first (see
+        // `request_until`), like a typical database client.
+        let reply = request_until(mesh.client_port, b"world\n", b"\n");
+        println!(
+            "      connection {i}: sent \"world\\n\", got {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+
+    step(3, "access logs (one line per connection)");
+    for (who, log) in [
+        ("client", &mesh.client_access_log),
+        ("server", &mesh.server_access_log),
+    ] {
+        for line in wait_for_lines(log, args.connections, Duration::from_secs(5)) {
+            println!("      {who}: {line}");
+        }
+    }
+
+    step(4, "metrics");
+    for (who, envoy) in [("client sidecar", &mesh.client), ("server sidecar", server)] {
+        print_metrics(who, envoy);
+    }
+
+    if args.once {
+        return;
+    }
+    println!(
+        "\nBoth Envoys keep running; the demo client connects to 127.0.0.1:{}.\n\
+         \x20 client sidecar admin: http://127.0.0.1:{}/  (stats: /stats/prometheus)\n\
+         \x20 server sidecar admin: http://127.0.0.1:{}/\n\
+         \x20 files: {} (certificates, access logs), {} and {} (configs, Envoy logs)\n\
+         Press Ctrl-C to stop.",
+        mesh.client_port,
+        mesh.client.admin_port(),
+        server.admin_port(),
+        mesh.dir.path().display(),
+        mesh.client.dir().display(),
+        server.dir().display(),
+    );
+    wait_for_ctrl_c();
+    println!("\nstopping the Envoys");
+}
+
+/// Prints the `istio_tcp_*` lines of `/stats/prometheus`; while the module reports none yet,
+/// the metadata-exchange counters of `/stats` instead.
+fn print_metrics(who: &str, envoy: &Envoy) {
+    // Metrics may be reported at connection close or on a timer: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let istio = loop {
+        let lines: Vec<String> = envoy
+            .prometheus()
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_"))
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !istio.is_empty() {
+        println!("      {who} /stats/prometheus:");
+        istio.iter().for_each(|l| println!("        {l}"));
+        return;
+    }
+    println!("      {who}: no istio_tcp_ metrics yet; metadata exchange counters from /stats:");
+    let stats = envoy.stats();
+    let exchange: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.contains("metadata_exchange"))
+        .collect();
+    if exchange.is_empty() {
+        println!("        (none)");
+    }
+    exchange.iter().for_each(|l| println!("        {l}"));
+}
+
+/// Blocks until SIGINT (Ctrl-C) or SIGTERM, then returns so that the Envoys and temporary files
+/// are cleaned up by their destructors. The handler only sets a flag (async-signal-safe).
+fn wait_for_ctrl_c() {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_signal: std::os::raw::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    extern "C" {
+        fn signal(
+            signum: std::os::raw::c_int,
+            handler: extern "C" fn(std::os::raw::c_int),
+        ) -> usize;
+    }
+    const SIGINT: std::os::raw::c_int = 2;
+    const SIGTERM: std::os::raw::c_int = 15;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+    }
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
