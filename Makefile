@@ -27,7 +27,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build envoy tools lint test run clean distclean
+.PHONY: help wasm-target build envoy tools lint test run prometheus clean distclean
 
 help: ## List the targets
 	@echo "Targets:"
@@ -80,6 +80,9 @@ test: lint build envoy tools ## Lint, then unit + integration tests against the 
 
 run: build envoy tools ## Run the demo (two sidecar Envoys + a backend); ARGS=--once to exit after it
 	cargo run --release --example demo -- $(ARGS)
+
+prometheus: build envoy tools ## The demo plus Prometheus scraping both sidecars, queried over its API
+	cargo run --release --example demo -- --prometheus $(ARGS)
 
 clean: ## Remove build outputs and the tests' temporary directories
 	cargo clean

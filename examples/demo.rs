@@ -21,12 +21,15 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mesh::prometheus::Prometheus;
 use mesh::{Mesh, MeshOptions};
 use support::{prefix_server, request_until, wait_for_lines, Envoy};
 
 struct Args {
     once: bool,
     plaintext: bool,
+    redis: bool,
+    prometheus: bool,
     connections: usize,
     concurrency: u32,
 }
@@ -35,6 +38,8 @@ fn parse_args() -> Args {
     let mut args = Args {
         once: false,
         plaintext: false,
+        redis: false,
+        prometheus: false,
         connections: 10,
         concurrency: 1,
     };
@@ -48,6 +53,8 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--once" => args.once = true,
             "--plaintext" => args.plaintext = true,
+            "--redis" => args.redis = true,
+            "--prometheus" => args.prometheus = true,
             "--connections" => args.connections = number("--connections") as usize,
             "--concurrency" => args.concurrency = number("--concurrency") as u32,
             "-h" | "--help" => usage(""),
@@ -62,9 +69,11 @@ fn usage(error: &str) -> ! {
         eprintln!("demo: {error}");
     }
     eprintln!(
-        "usage: demo [--once] [--plaintext] [--connections N] [--concurrency N]\n\
+        "usage: demo [--once] [--plaintext] [--redis] [--prometheus] [--connections N] [--concurrency N]\n\
          \x20 --once           exit after printing the results (default: wait for Ctrl-C)\n\
          \x20 --plaintext      client sidecar without TLS (server uses its plaintext-detect chain)\n\
+         \x20 --redis          the database is a real redis-server (Debian's), sent PING\n\
+         \x20 --prometheus     also run Prometheus on both sidecars and print its query results\n\
          \x20 --connections N  connections to send (default 10)\n\
          \x20 --concurrency N  worker threads of each Envoy (default 1)"
     );
@@ -72,7 +81,72 @@ fn usage(error: &str) -> ! {
 }
 
 fn step(n: u32, text: &str) {
-    println!("[{n}/4] {text}");
+    let total = if PROMETHEUS_STEP.load(Ordering::Relaxed) {
+        5
+    } else {
+        4
+    };
+    println!("[{n}/{total}] {text}");
+}
+
+static PROMETHEUS_STEP: AtomicBool = AtomicBool::new(false);
+
+/// The database behind the server sidecar: the built-in one ("hello " + request) or a real
+/// Redis answering PING.
+enum Database {
+    BuiltIn(support::Backend),
+    Redis(RedisServer),
+}
+
+impl Database {
+    fn port(&self) -> u16 {
+        match self {
+            Database::BuiltIn(b) => b.port(),
+            Database::Redis(r) => r.port,
+        }
+    }
+
+    /// (request, what the reply ends with)
+    fn request(&self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Database::BuiltIn(_) => (b"world\n", b"\n"),
+            Database::Redis(_) => (b"PING\r\n", b"\r\n"),
+        }
+    }
+}
+
+/// `redis-server` on a free loopback port, without persistence; killed on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = support::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server (run `make tools`): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisServer { child, port }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn main() {
@@ -98,10 +172,15 @@ fn main() {
          client sidecar (ratings-v2)",
     );
     let started = Instant::now();
-    let backend = prefix_server(b"hello ");
+    PROMETHEUS_STEP.store(args.prometheus, Ordering::Relaxed);
+    let backend = if args.redis {
+        Database::Redis(RedisServer::start())
+    } else {
+        Database::BuiltIn(prefix_server(b"hello "))
+    };
     let mesh = Mesh::start(
         "demo",
-        &backend,
+        backend.port(),
         &MeshOptions {
             mtls: !args.plaintext,
             concurrency: args.concurrency,
@@ -130,16 +209,19 @@ fn main() {
     step(
         2,
         &format!(
-            "sending {} connections of \"world\\n\" through the client sidecar ({how})",
-            args.connections
+            "sending {} connections of {:?} through the client sidecar ({how})",
+            args.connections,
+            String::from_utf8_lossy(backend.request().0)
         ),
     );
+    let (request, reply_end) = backend.request();
     for i in 1..=args.connections {
         // Request, then read the reply line: the client never half-closes first (see
         // `request_until`), like a typical database client.
-        let reply = request_until(mesh.client_port, b"world\n", b"\n");
+        let reply = request_until(mesh.client_port, request, reply_end);
         println!(
-            "      connection {i}: sent \"world\\n\", got {:?}",
+            "      connection {i}: sent {:?}, got {:?}",
+            String::from_utf8_lossy(request),
             String::from_utf8_lossy(&reply)
         );
     }
@@ -159,6 +241,30 @@ fn main() {
         print_metrics(who, envoy);
     }
 
+    let prometheus = args.prometheus.then(|| {
+        step(
+            5,
+            "Prometheus (Debian's) scrapes both sidecars with examples/prometheus/prometheus.yml; \
+             querying its HTTP API as the seed's Graph > Execute does",
+        );
+        let prometheus = Prometheus::start(mesh.client.admin_port(), server.admin_port());
+        for metric in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+        ] {
+            println!("      {metric}:");
+            for (labels, value) in prometheus.wait_for(metric, 2, Duration::from_secs(30)) {
+                let labels: Vec<String> = labels
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "__name__")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!("        {metric}{{{}}} {value}", labels.join(","));
+            }
+        }
+        prometheus
+    });
+
     if args.once {
         return;
     }
@@ -175,6 +281,9 @@ fn main() {
         mesh.client.dir().display(),
         server.dir().display(),
     );
+    if let Some(prometheus) = &prometheus {
+        println!("  Prometheus: http://127.0.0.1:{}/graph", prometheus.port());
+    }
     wait_for_ctrl_c();
     println!("\nstopping the Envoys");
 }

@@ -48,7 +48,7 @@ fn hello_world_roundtrips(mesh: &Mesh, n: usize) {
 #[test]
 fn plaintext_client_first_both_sides_learn() {
     let backend = prefix_server(b"hello ");
-    let mesh = Mesh::start("mx-plain", &backend, &MeshOptions::default());
+    let mesh = Mesh::start("mx-plain", backend.port(), &MeshOptions::default());
     hello_world_roundtrips(&mesh, 3);
     for line in access_lines(&mesh.client_access_log, 3) {
         assert!(
@@ -84,7 +84,7 @@ fn mtls_with_alpn_selects_the_exchange_chain() {
         mtls: true,
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-mtls", &backend, &opts);
+    let mesh = Mesh::start("mx-mtls", backend.port(), &opts);
     hello_world_roundtrips(&mesh, 4);
     let server = mesh.server();
     server.wait_for_counter("tcp.inbound_mtls.downstream_cx_total", 4, WAIT);
@@ -114,7 +114,7 @@ fn server_first_backend_in_expect_mode() {
         mtls: true,
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-server-first", &backend, &opts);
+    let mesh = Mesh::start("mx-server-first", backend.port(), &opts);
     for _ in 0..3 {
         let mut conn = TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
         conn.set_read_timeout(Some(WAIT)).unwrap();
@@ -158,7 +158,7 @@ fn one_byte_fragments_in_both_directions() {
     // Client → server sidecar: an independently encoded frame (Python protobuf), one byte per
     // read, then the application bytes, also one per read.
     let backend = echo_server();
-    let mesh = Mesh::start("mx-fragments", &backend, &MeshOptions::default());
+    let mesh = Mesh::start("mx-fragments", backend.port(), &MeshOptions::default());
     let frame = golden("modern_ratings");
     let mut conn = TcpStream::connect(("127.0.0.1", mesh.server_port)).unwrap();
     conn.set_read_timeout(Some(WAIT)).unwrap();
@@ -204,7 +204,7 @@ fn one_byte_fragments_in_both_directions() {
         without_server_sidecar: true,
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-fragments-up", &fake_server, &opts);
+    let mesh = Mesh::start("mx-fragments-up", fake_server.port(), &opts);
     let reply = client_roundtrip(mesh.client_port, b"ping");
     assert_eq!(reply, b"pong", "server frame stripped, reply intact");
     let lines = access_lines(&mesh.client_access_log, 1);
@@ -218,7 +218,11 @@ fn one_byte_fragments_in_both_directions() {
 #[test]
 fn non_mesh_client_to_detect_server_is_untouched() {
     let backend = echo_server();
-    let mesh = Mesh::start("mx-non-mesh-client", &backend, &MeshOptions::default());
+    let mesh = Mesh::start(
+        "mx-non-mesh-client",
+        backend.port(),
+        &MeshOptions::default(),
+    );
     let payload = b"*1\r\n$4\r\nPING\r\n".to_vec();
     let back = request_reply(mesh.server_port, &payload, payload.len());
     assert_eq!(back, payload, "no frame sent, no byte changed");
@@ -239,7 +243,7 @@ fn mesh_client_to_non_mesh_server_sends_nothing() {
         without_server_sidecar: true,
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-non-mesh-server", &backend, &opts);
+    let mesh = Mesh::start("mx-non-mesh-server", backend.port(), &opts);
     hello_world_roundtrips(&mesh, 2);
     for line in access_lines(&mesh.client_access_log, 2) {
         assert!(line.starts_with("peer_id=- not_found=true"), "{line}");
@@ -256,7 +260,7 @@ fn hostile_frames_neither_hang_nor_trap() {
         server_exchange_plain: r#"{"side":"server","server_mode":"expect"}"#.into(),
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-hostile", &backend, &opts);
+    let mesh = Mesh::start("mx-hostile", backend.port(), &opts);
     let server = mesh.server();
     let header = |len: u32| [&MAGIC[..], &len.to_be_bytes()].concat();
 
@@ -341,7 +345,7 @@ fn many_connections_on_two_workers_all_exchange() {
         concurrency: 2,
         ..Default::default()
     };
-    let mesh = Mesh::start("mx-concurrency", &backend, &opts);
+    let mesh = Mesh::start("mx-concurrency", backend.port(), &opts);
     let port = mesh.client_port;
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -385,7 +389,7 @@ fn bad_configuration_is_refused_by_envoy() {
         ..Default::default()
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Mesh::start("mx-bad-config", &backend, &opts)
+        Mesh::start("mx-bad-config", backend.port(), &opts)
     }));
     let Err(err) = result else {
         panic!("Envoy must refuse the configuration")

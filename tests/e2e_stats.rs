@@ -94,7 +94,7 @@ fn ten_hello_worlds(mtls: bool) {
     };
     let mesh = Mesh::start(
         if mtls { "stats-mtls" } else { "stats-plain" },
-        &backend,
+        backend.port(),
         &opts,
     );
     for _ in 0..10 {
@@ -150,7 +150,7 @@ fn istio_tcp_metrics_mtls_both_reporters() {
 #[test]
 fn promtool_accepts_the_output() {
     let backend = prefix_server(b"hello ");
-    let mesh = Mesh::start("stats-promtool", &backend, &MeshOptions::default());
+    let mesh = Mesh::start("stats-promtool", backend.port(), &MeshOptions::default());
     request_reply(mesh.client_port, b"world\n", 12);
     wait_series(mesh.server(), CLOSED, 1.0);
     let dir = TempDir::new("promtool");
@@ -186,7 +186,7 @@ fn long_lived_connection_reports_before_close() {
         server_stats: r#"{"tcp_reporting_duration":"1s"}"#.into(),
         ..Default::default()
     };
-    let mesh = Mesh::start("stats-long-lived", &backend, &opts);
+    let mesh = Mesh::start("stats-long-lived", backend.port(), &opts);
     let mut conn = TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
     conn.set_read_timeout(Some(WAIT)).unwrap();
     let mut reply = [0u8; 12];
@@ -228,7 +228,7 @@ fn user_defined_metric_like_mixer() {
         extra_stats_tags: vec!["source_service"],
         ..Default::default()
     };
-    let mesh = Mesh::start("stats-mixer", &backend, &opts);
+    let mesh = Mesh::start("stats-mixer", backend.port(), &opts);
     for _ in 0..3 {
         request_reply(mesh.client_port, b"world\n", 12);
     }
@@ -254,7 +254,7 @@ fn cardinality_cap_folds_extra_series() {
         server_stats: r#"{"max_series_per_metric":1}"#.into(),
         ..Default::default()
     };
-    let mesh = Mesh::start("stats-cardinality", &backend, &opts);
+    let mesh = Mesh::start("stats-cardinality", backend.port(), &opts);
     request_reply(mesh.client_port, b"world\n", 12);
     let server = mesh.server();
     wait_series(server, CLOSED, 1.0);
@@ -293,7 +293,7 @@ fn reporting_duration_below_a_second_is_refused() {
         ..Default::default()
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Mesh::start("stats-bad-config", &backend, &opts)
+        Mesh::start("stats-bad-config", backend.port(), &opts)
     }));
     let Err(err) = result else {
         panic!("Envoy must refuse a reporting duration under 1 s")

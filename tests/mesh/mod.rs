@@ -10,9 +10,10 @@
 
 use std::path::PathBuf;
 
+pub mod prometheus;
+
 use crate::support::{
-    self, free_port, make_mtls_certs, render, yaml_single_quoted, Backend, Envoy, MtlsCerts,
-    TempDir,
+    self, free_port, make_mtls_certs, render, yaml_single_quoted, Envoy, MtlsCerts, TempDir,
 };
 
 pub use crate::support::{
@@ -75,7 +76,7 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    pub fn start(name: &str, backend: &Backend, opts: &MeshOptions) -> Mesh {
+    pub fn start(name: &str, backend_port: u16, opts: &MeshOptions) -> Mesh {
         let dir = TempDir::new(name);
         let certs = make_mtls_certs(&dir.path().join("certs"));
         let client_access_log = dir.path().join("client-access.log");
@@ -120,7 +121,7 @@ impl Mesh {
                     "EXCHANGE_CONFIG_PLAIN",
                     yaml_single_quoted(&opts.server_exchange_plain),
                 ),
-                ("BACKEND_PORT", backend.port().to_string()),
+                ("BACKEND_PORT", backend_port.to_string()),
                 ("CERT_CHAIN", path(&certs.server_cert)),
                 ("PRIVATE_KEY", path(&certs.server_key)),
                 ("CA_CERT", path(&certs.ca_cert)),
@@ -134,7 +135,7 @@ impl Mesh {
         };
 
         let upstream = if opts.without_server_sidecar {
-            backend.port()
+            backend_port
         } else {
             server_port
         };

@@ -623,7 +623,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     try_http_get(port, path).unwrap_or_else(|e| panic!("GET 127.0.0.1:{port}{path}: {e}"))
 }
 
-fn try_http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+pub fn try_http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
