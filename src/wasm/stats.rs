@@ -29,6 +29,12 @@ use super::node;
 /// still check. Keeps a stats-only deployment (no exchange filter) off the property path.
 const PEER_POLLS_ON_DATA: u8 = 8;
 
+/// Distinct label inputs whose counter ids are remembered (see [`Shared::series_cache`]).
+const SERIES_CACHE_ENTRIES: usize = 1024;
+
+/// Counter ids for each value of one connection's series.
+type SeriesIds = Vec<(ValueKind, u32)>;
+
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: StatsConfig,
@@ -36,6 +42,11 @@ struct Shared {
     metric_ids: RefCell<HashMap<String, u32>>,
     limiter: RefCell<SeriesLimiter>,
     folded_id: Option<u32>,
+    /// Counter ids by the raw properties the labels come from: connections between the same
+    /// workloads skip decoding, 23 labels, four ~700-byte stat names and the counter lookups.
+    /// Emptied when full; only entries where every series got its own counter are kept, so the
+    /// cardinality cap behaves exactly as without it.
+    series_cache: RefCell<HashMap<Vec<u8>, SeriesIds>>,
 }
 
 /// One live connection, shared between its stream context and the root that ticks it.
@@ -71,6 +82,7 @@ impl StatsRoot {
                 local: node::local_workload(),
                 metric_ids: RefCell::new(HashMap::new()),
                 folded_id,
+                series_cache: RefCell::new(HashMap::new()),
             }),
             live: Rc::new(RefCell::new(HashMap::new())),
         })
@@ -196,8 +208,7 @@ fn peer_decided(connection: &mut Connection) -> bool {
 fn report(shared: &Shared, connection: &mut Connection, peer_known: bool, end: bool) {
     for emission in connection.report.report(peer_known, end) {
         if emission == Emission::Opened {
-            let facts = connection_facts(shared, reporter_of(connection));
-            connection.series = counters_for(shared, shared.config.plan.series(&facts));
+            connection.series = series_of(shared, reporter_of(connection));
         }
         let (kind, amount) = match emission {
             Emission::Opened => (ValueKind::ConnectionsOpened, 1),
@@ -215,9 +226,30 @@ fn report(shared: &Shared, connection: &mut Connection, peer_known: bool, end: b
     }
 }
 
-/// Admits each series past the cardinality cap and finds (or defines) its counter.
-fn counters_for(shared: &Shared, series: Vec<Series>) -> Vec<(ValueKind, u32)> {
+/// The counter ids of a connection: from the cache when its label inputs were seen before.
+fn series_of(shared: &Shared, reporter: Reporter) -> SeriesIds {
+    let inputs = LabelInputs::read(reporter);
+    let key = inputs.key();
+    if let Some(ids) = shared.series_cache.borrow().get(&key) {
+        return ids.clone();
+    }
+    let (facts, cacheable) = inputs.into_facts(shared);
+    let (ids, all_own) = counters_for(shared, shared.config.plan.series(&facts));
+    if cacheable && all_own {
+        let mut cache = shared.series_cache.borrow_mut();
+        if cache.len() >= SERIES_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, ids.clone());
+    }
+    ids
+}
+
+/// Admits each series past the cardinality cap and finds (or defines) its counter; true when
+/// every series got its own counter (none folded, none failed).
+fn counters_for(shared: &Shared, series: Vec<Series>) -> (Vec<(ValueKind, u32)>, bool) {
     let mut ids = Vec::with_capacity(series.len());
+    let mut all_own = true;
     let mut limiter = shared.limiter.borrow_mut();
     let mut metric_ids = shared.metric_ids.borrow_mut();
     for Series {
@@ -227,7 +259,9 @@ fn counters_for(shared: &Shared, series: Vec<Series>) -> Vec<(ValueKind, u32)> {
     } in series
     {
         let folded_before = limiter.folded();
-        let name = limiter.admit(&metric, stat_name).into_stat_name();
+        let admitted = limiter.admit(&metric, stat_name);
+        all_own &= !admitted.is_folded();
+        let name = admitted.into_stat_name();
         if limiter.folded() > folded_before {
             if let Some(id) = shared.folded_id {
                 let _ = host::increment_counter(id, limiter.folded() - folded_before);
@@ -242,57 +276,134 @@ fn counters_for(shared: &Shared, series: Vec<Series>) -> Vec<(ValueKind, u32)> {
                 }
                 Err(e) => {
                     log::warn!("defining metric {name} failed: {e}");
+                    all_own = false;
                     continue;
                 }
             },
         };
         ids.push((value, id));
     }
-    ids
+    (ids, all_own)
 }
 
-/// Everything the labels are derived from, read from the connection's properties.
-fn connection_facts(shared: &Shared, reporter: Reporter) -> ConnectionFacts {
-    let (peer_key, _) = peer_keys(reporter);
-    let mut peer = host::get_property(&[peer_key])
-        .ok()
-        .flatten()
-        .and_then(|bytes| prost::Message::decode(bytes.as_slice()).ok())
-        .map(|s: prost_types::Struct| WorkloadMetadata::from_peer_struct(&s));
-    if peer.is_none() && reporter == Reporter::Source {
-        peer = upstream_host_metadata()
-            .as_ref()
-            .and_then(endpoint::istio_workload)
-            .and_then(WorkloadMetadata::from_endpoint_encoding);
+/// The connection's properties the labels are derived from, as the host returned them.
+struct LabelInputs {
+    reporter: Reporter,
+    /// The peer's Struct from the exchange filter's filter state.
+    peer: Option<Vec<u8>>,
+    /// Client only, when there is no peer in filter state: the endpoint's metadata.
+    upstream_host: Option<Vec<u8>>,
+    peer_principal: String,
+    local_principal: String,
+    cluster_name: String,
+    cluster_metadata: Option<Vec<u8>>,
+    flags: u64,
+}
+
+impl LabelInputs {
+    fn read(reporter: Reporter) -> Self {
+        let (peer_key, _) = peer_keys(reporter);
+        let peer = host::get_property(&[peer_key]).ok().flatten();
+        let upstream_host = if peer.is_none() && reporter == Reporter::Source {
+            upstream_host_metadata_bytes()
+        } else {
+            None
+        };
+        let tls = match reporter {
+            Reporter::Destination => "connection",
+            Reporter::Source => "upstream",
+        };
+        let san = |which: &str| host::get_property_string(&[tls, which]).unwrap_or_default();
+        LabelInputs {
+            reporter,
+            peer,
+            upstream_host,
+            peer_principal: san("uri_san_peer_certificate"),
+            local_principal: san("uri_san_local_certificate"),
+            cluster_metadata: host::get_property(&["xds", "cluster_metadata"])
+                .ok()
+                .flatten(),
+            flags: host::get_property(&["response", "flags"])
+                .ok()
+                .flatten()
+                .map(|b| response_flags::from_property(&b))
+                .unwrap_or(0),
+            cluster_name: host::get_property_string(&["xds", "cluster_name"]).unwrap_or_default(),
+        }
     }
-    let tls = match reporter {
-        Reporter::Destination => "connection",
-        Reporter::Source => "upstream",
-    };
-    let san = |which: &str| host::get_property_string(&[tls, which]).unwrap_or_default();
-    let service = host::get_property(&["xds", "cluster_metadata"])
-        .ok()
-        .flatten()
-        .and_then(|b| endpoint::decode_metadata(&b))
-        .and_then(|md| endpoint::istio_service(&md));
-    let flags = host::get_property(&["response", "flags"])
-        .ok()
-        .flatten()
-        .map(|b| response_flags::from_property(&b))
-        .unwrap_or(0);
-    ConnectionFacts {
-        reporter,
-        local: shared.local.clone(),
-        peer,
-        peer_principal: san("uri_san_peer_certificate"),
-        local_principal: san("uri_san_local_certificate"),
-        cluster_name: host::get_property_string(&["xds", "cluster_name"]).unwrap_or_default(),
-        service,
-        response_flags: response_flags::short_string(flags),
+
+    /// Every input, length-prefixed, so that different inputs never make the same key.
+    fn key(&self) -> Vec<u8> {
+        let parts: [Option<&[u8]>; 6] = [
+            self.peer.as_deref(),
+            self.upstream_host.as_deref(),
+            Some(self.peer_principal.as_bytes()),
+            Some(self.local_principal.as_bytes()),
+            Some(self.cluster_name.as_bytes()),
+            self.cluster_metadata.as_deref(),
+        ];
+        let mut key =
+            Vec::with_capacity(64 + parts.iter().flatten().map(|p| p.len()).sum::<usize>());
+        key.push(self.reporter as u8);
+        key.extend_from_slice(&self.flags.to_le_bytes());
+        for part in parts {
+            match part {
+                Some(p) => {
+                    key.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                    key.extend_from_slice(p);
+                }
+                None => key.extend_from_slice(&u32::MAX.to_le_bytes()),
+            }
+        }
+        key
+    }
+
+    /// Everything the labels are derived from; false when the facts depend on a property the
+    /// key does not hold (a peer Struct that does not decode, on the client, falls back to
+    /// the endpoint's metadata, read only then).
+    fn into_facts(self, shared: &Shared) -> (ConnectionFacts, bool) {
+        let mut cacheable = true;
+        let mut peer = self
+            .peer
+            .as_deref()
+            .and_then(|bytes| prost::Message::decode(bytes).ok())
+            .map(|s: prost_types::Struct| WorkloadMetadata::from_peer_struct(&s));
+        if peer.is_none() && self.reporter == Reporter::Source {
+            let upstream_host = match self.peer {
+                None => self.upstream_host,
+                Some(_) => {
+                    cacheable = false;
+                    upstream_host_metadata_bytes()
+                }
+            };
+            peer = upstream_host
+                .as_deref()
+                .and_then(endpoint::decode_metadata)
+                .as_ref()
+                .and_then(endpoint::istio_workload)
+                .and_then(WorkloadMetadata::from_endpoint_encoding);
+        }
+        let service = self
+            .cluster_metadata
+            .as_deref()
+            .and_then(endpoint::decode_metadata)
+            .and_then(|md| endpoint::istio_service(&md));
+        let facts = ConnectionFacts {
+            reporter: self.reporter,
+            local: shared.local.clone(),
+            peer,
+            peer_principal: self.peer_principal,
+            local_principal: self.local_principal,
+            cluster_name: self.cluster_name,
+            service,
+            response_flags: response_flags::short_string(self.flags),
+        };
+        (facts, cacheable)
     }
 }
 
-fn upstream_host_metadata() -> Option<crate::proto::envoy_core::Metadata> {
-    let bytes = host::get_property(&["xds", "upstream_host_metadata"]).ok()??;
-    endpoint::decode_metadata(&bytes)
+fn upstream_host_metadata_bytes() -> Option<Vec<u8>> {
+    host::get_property(&["xds", "upstream_host_metadata"])
+        .ok()
+        .flatten()
 }
