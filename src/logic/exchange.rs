@@ -268,7 +268,6 @@ impl Exchange {
             return verdict;
         };
         let (_, answer) = decoder.feed(new_bytes);
-        let detect = self.role == Role::ServerDetect;
         match answer {
             Decoded::NeedMore if end_of_stream => {
                 let bytes = decoder.consumed();
@@ -281,28 +280,12 @@ impl Exchange {
                 } else {
                     Counter::HeaderNotFound
                 };
-                if detect {
-                    self.gate = Gate::Closed;
-                    verdict
-                        .events
-                        .push(Event::Count(Counter::AlpnProtocolNotFound));
-                } else {
-                    verdict.events.push(Event::Count(counter));
-                }
+                self.count_no_frame(&mut verdict, counter);
                 self.not_found(&mut verdict, NotFound::Truncated { bytes });
             }
             Decoded::NeedMore => verdict.pause = true,
             Decoded::NotAFrame => {
-                if detect {
-                    self.gate = Gate::Closed;
-                    verdict
-                        .events
-                        .push(Event::Count(Counter::AlpnProtocolNotFound));
-                } else {
-                    verdict
-                        .events
-                        .push(Event::Count(Counter::InitialHeaderNotFound));
-                }
+                self.count_no_frame(&mut verdict, Counter::InitialHeaderNotFound);
                 self.not_found(&mut verdict, NotFound::NotAFrame);
             }
             Decoded::TooLarge { declared } => {
@@ -338,6 +321,18 @@ impl Exchange {
             self.sending = Sending::Skipped;
         }
         verdict.events
+    }
+
+    /// The peer's bytes are not (a whole) frame: in detect mode that only means "not a mesh
+    /// peer"; where a frame was expected it is the given error counter.
+    fn count_no_frame(&mut self, verdict: &mut Verdict, expected_counter: Counter) {
+        let counter = if self.role == Role::ServerDetect {
+            self.gate = Gate::Closed;
+            Counter::AlpnProtocolNotFound
+        } else {
+            expected_counter
+        };
+        verdict.events.push(Event::Count(counter));
     }
 
     fn count_detected(&mut self, verdict: &mut Verdict) {

@@ -17,14 +17,12 @@ enum Filter {
 }
 
 pub struct DispatchRoot {
-    context_id: u32,
     filter: Filter,
 }
 
 impl DispatchRoot {
-    pub fn new(context_id: u32) -> Self {
+    pub fn new() -> Self {
         DispatchRoot {
-            context_id,
             filter: Filter::Unconfigured,
         }
     }
@@ -35,7 +33,7 @@ impl DispatchRoot {
             .map_err(|e| format!("reading the plugin configuration failed: {e}"))?;
         self.filter = match root_id.as_str() {
             EXCHANGE_ROOT_ID => Filter::Exchange(ExchangeRoot::configure(&config)?),
-            STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(self.context_id, &config)?),
+            STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(&config)?),
             other => {
                 return Err(format!(
                     "unknown root_id {other:?}: use {EXCHANGE_ROOT_ID:?} or {STATS_ROOT_ID:?}"

@@ -10,5 +10,5 @@ mod stats;
 proxy_wasm::main! {{
     // Host calls are restricted here; `on_configure` narrows the level to the host's own.
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|context_id| Box::new(dispatch::DispatchRoot::new(context_id)));
+    proxy_wasm::set_root_context(|_context_id| Box::new(dispatch::DispatchRoot::new()));
 }}

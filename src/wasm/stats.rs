@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, StreamContext};
-use proxy_wasm::types::{Action, PeerType};
+use proxy_wasm::types::Action;
 
 use crate::logic::endpoint;
 use crate::logic::report::{ConnectionReport, Emission};
@@ -66,7 +66,7 @@ pub struct StatsRoot {
 }
 
 impl StatsRoot {
-    pub fn configure(_root_context_id: u32, config: &[u8]) -> Result<Self, String> {
+    pub fn configure(config: &[u8]) -> Result<Self, String> {
         let config = StatsConfig::parse(config).map_err(|e| e.to_string())?;
         host::set_tick_period(config.tcp_reporting_duration)
             .map_err(|e| format!("setting the reporting tick failed: {e}"))?;
@@ -149,8 +149,6 @@ impl StreamContext for StatsStream {
         self.maybe_open(&mut connection);
         Action::Continue
     }
-
-    fn on_downstream_close(&mut self, _peer_type: PeerType) {}
 
     fn on_log(&mut self) {
         self.live.borrow_mut().remove(&self.context_id);
