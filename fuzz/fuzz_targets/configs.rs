@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::Bytes;
-use istio_tcp_telemetry::logic::exchange_config::{
+use istio_tcp_telemetry::logic::exchange::config::{
     ExchangeConfig, Role, Side, MAX_FRAME_CAP, MIN_FRAME_CAP,
 };
 use istio_tcp_telemetry::logic::stats::config::{

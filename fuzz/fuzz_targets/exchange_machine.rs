@@ -25,9 +25,9 @@ mod common;
 
 use common::Bytes;
 use istio_tcp_telemetry::logic::exchange::{Counter, Event, Exchange};
-use istio_tcp_telemetry::logic::exchange_config::{ClientGate, Role};
+use istio_tcp_telemetry::logic::exchange::config::{ClientGate, Role};
 use istio_tcp_telemetry::logic::exchange_sim::SimConnection;
-use istio_tcp_telemetry::logic::frame::{encode_frame, HEADER_LEN, MAGIC_BYTES};
+use istio_tcp_telemetry::logic::exchange::frame::{encode_frame, HEADER_LEN, MAGIC_BYTES};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use prost_types::{Any, Struct};

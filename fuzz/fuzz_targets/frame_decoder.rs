@@ -9,7 +9,7 @@
 mod common;
 
 use common::Bytes;
-use istio_tcp_telemetry::logic::frame::{
+use istio_tcp_telemetry::logic::exchange::frame::{
     encode_payload, parse_payload, Decoded, FrameDecoder, HEADER_LEN, MAGIC_BYTES,
 };
 use istio_tcp_telemetry::logic::stats::MetricPlan;

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use istio_tcp_telemetry::logic::frame::{encode_frame, STRUCT_TYPE_URL};
+use istio_tcp_telemetry::logic::exchange::frame::{encode_frame, STRUCT_TYPE_URL};
 use istio_tcp_telemetry::logic::workload::{string_value, struct_value};
 use prost::Message;
 use prost_types::{Any, Struct};
@@ -18,7 +18,7 @@ use prost_types::{Any, Struct};
 use crate::mesh::parse_prometheus;
 use crate::support::{http_get, Envoy};
 
-pub use istio_tcp_telemetry::logic::frame::MAGIC_BYTES as MAGIC;
+pub use istio_tcp_telemetry::logic::exchange::frame::MAGIC_BYTES as MAGIC;
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CLOSED: &str = "istio_tcp_connections_closed_total";

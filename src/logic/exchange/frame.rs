@@ -17,6 +17,8 @@
 use prost::Message;
 use prost_types::{value::Kind, Any, Struct, Value};
 
+use super::memo::PayloadMemo;
+
 pub const MAGIC: u32 = 0x3D23_0467;
 pub const MAGIC_BYTES: [u8; 4] = MAGIC.to_be_bytes();
 pub const HEADER_LEN: usize = 8;
@@ -110,8 +112,9 @@ impl FrameDecoder {
     }
 
     /// Feeds the next bytes of the stream. Returns how many of `bytes` were taken and the answer.
-    /// After a final answer, further calls take nothing and repeat it.
-    pub fn feed(&mut self, bytes: &[u8]) -> (usize, Decoded) {
+    /// After a final answer, further calls take nothing and repeat it. A whole payload is parsed
+    /// through `memo` (owned by the filter's root).
+    pub fn feed(&mut self, bytes: &[u8], memo: &mut PayloadMemo) -> (usize, Decoded) {
         if let Some(done) = &self.outcome {
             return (0, done.clone());
         }
@@ -142,7 +145,7 @@ impl FrameDecoder {
             return (taken, Decoded::NeedMore);
         }
         let frame_len = HEADER_LEN + declared as usize;
-        let answer = match super::frame_memo::parse_payload_memo(&self.payload) {
+        let answer = match memo.parse(&self.payload) {
             Ok((metadata, id)) => Decoded::Complete(PeerFrame {
                 metadata,
                 id,
@@ -266,7 +269,7 @@ mod tests {
         let mut total = 0;
         let mut last = Decoded::NeedMore;
         for chunk in bytes.chunks(piece.max(1)) {
-            let (taken, answer) = decoder.feed(chunk);
+            let (taken, answer) = decoder.feed(chunk, &mut PayloadMemo::default());
             total += taken;
             last = answer;
             if last.is_final() {
@@ -301,10 +304,10 @@ mod tests {
         let frame_len = stream.len();
         stream.extend_from_slice(b"PING\r\n");
         let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
-        let (taken, answer) = d.feed(&stream);
+        let (taken, answer) = d.feed(&stream, &mut PayloadMemo::default());
         assert_eq!(taken, frame_len);
         assert!(matches!(answer, Decoded::Complete(ref p) if p.id.is_none()));
-        assert_eq!(d.feed(b"more"), (0, answer));
+        assert_eq!(d.feed(b"more", &mut PayloadMemo::default()), (0, answer));
     }
 
     #[test]
@@ -316,11 +319,20 @@ mod tests {
     #[test]
     fn magic_mismatch_is_decided_at_the_first_wrong_byte() {
         let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
-        assert_eq!(d.feed(&[0x3D]), (1, Decoded::NeedMore));
+        assert_eq!(
+            d.feed(&[0x3D], &mut PayloadMemo::default()),
+            (1, Decoded::NeedMore)
+        );
         assert!(d.is_mid_frame());
-        assert_eq!(d.feed(b"GET /"), (0, Decoded::NotAFrame));
+        assert_eq!(
+            d.feed(b"GET /", &mut PayloadMemo::default()),
+            (0, Decoded::NotAFrame)
+        );
         let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
-        assert_eq!(d.feed(b"*1\r\n"), (0, Decoded::NotAFrame));
+        assert_eq!(
+            d.feed(b"*1\r\n", &mut PayloadMemo::default()),
+            (0, Decoded::NotAFrame)
+        );
     }
 
     #[test]
@@ -329,7 +341,7 @@ mod tests {
         header.extend_from_slice(&u32::MAX.to_be_bytes());
         let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
         assert_eq!(
-            d.feed(&header),
+            d.feed(&header, &mut PayloadMemo::default()),
             (8, Decoded::TooLarge { declared: u32::MAX })
         );
         assert_eq!(d.payload.capacity(), 0);
@@ -341,9 +353,15 @@ mod tests {
         let mut d = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
         let mut header = MAGIC_BYTES.to_vec();
         header.extend_from_slice(&DEFAULT_MAX_PAYLOAD.to_be_bytes());
-        assert_eq!(d.feed(&header), (8, Decoded::NeedMore));
+        assert_eq!(
+            d.feed(&header, &mut PayloadMemo::default()),
+            (8, Decoded::NeedMore)
+        );
         assert_eq!(d.payload.capacity(), 0);
-        assert_eq!(d.feed(&[0u8; 100]), (100, Decoded::NeedMore));
+        assert_eq!(
+            d.feed(&[0u8; 100], &mut PayloadMemo::default()),
+            (100, Decoded::NeedMore)
+        );
         assert!(d.payload.capacity() < 1024, "{}", d.payload.capacity());
     }
 
@@ -353,7 +371,8 @@ mod tests {
         let mut frame = MAGIC_BYTES.to_vec();
         frame.extend_from_slice(&(garbage.len() as u32).to_be_bytes());
         frame.extend_from_slice(&garbage);
-        let (_, answer) = FrameDecoder::new(DEFAULT_MAX_PAYLOAD).feed(&frame);
+        let (_, answer) =
+            FrameDecoder::new(DEFAULT_MAX_PAYLOAD).feed(&frame, &mut PayloadMemo::default());
         assert_eq!(
             answer,
             Decoded::Malformed {

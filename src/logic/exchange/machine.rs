@@ -13,8 +13,9 @@
 //! stripped frame, which is the whole of a frame that had the magic, a length under the cap and
 //! all its payload.
 
-use super::exchange_config::{ClientGate, Role};
+use super::config::{ClientGate, Role};
 use super::frame::{Decoded, FrameDecoder, Malformed, PeerFrame};
+use super::memo::PayloadMemo;
 
 /// Counters with Istio's names. "ALPN found" maps to our gate decision (see README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,13 +262,19 @@ impl Exchange {
         verdict
     }
 
-    /// Incoming chunk: `new_bytes` are the bytes after [`Exchange::held_incoming`].
-    pub fn on_incoming(&mut self, new_bytes: &[u8], end_of_stream: bool) -> Verdict {
+    /// Incoming chunk: `new_bytes` are the bytes after [`Exchange::held_incoming`]; a whole
+    /// frame's payload is parsed through `memo`.
+    pub fn on_incoming(
+        &mut self,
+        new_bytes: &[u8],
+        end_of_stream: bool,
+        memo: &mut PayloadMemo,
+    ) -> Verdict {
         let mut verdict = Verdict::default();
         let Receiving::Reading(decoder) = &mut self.receiving else {
             return verdict;
         };
-        let (_, answer) = decoder.feed(new_bytes);
+        let (_, answer) = decoder.feed(new_bytes, memo);
         match answer {
             Decoded::NeedMore if end_of_stream => {
                 let bytes = decoder.consumed();
@@ -354,5 +361,5 @@ impl Exchange {
 }
 
 #[cfg(test)]
-#[path = "exchange_tests.rs"]
+#[path = "machine_tests.rs"]
 mod tests;

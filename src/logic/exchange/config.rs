@@ -9,8 +9,8 @@
 
 use serde::Deserialize;
 
-use super::config_error::{parse_json, ConfigError};
 use super::frame::DEFAULT_MAX_PAYLOAD;
+use crate::logic::config_error::{parse_json, ConfigError};
 
 /// Smallest and largest accepted `max_frame_bytes`: a real Istio frame is a few hundred bytes;
 /// above 1 MiB a peer could make every connection hold a megabyte.

@@ -1,0 +1,278 @@
+//! The metadata-exchange filter over any [`Host`]: maps Envoy's downstream/upstream callbacks
+//! to the exchange's outgoing/incoming directions, applies verdicts to the buffers, and
+//! publishes the peer in filter state through the [`peer`] contract.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::host::{Action, Buffer, Counter, Host, HostError};
+use crate::host_log;
+use crate::logic::endpoint;
+use crate::logic::exchange::config::{ExchangeConfig, Side};
+use crate::logic::exchange::frame::{encode_frame, PeerFrame};
+use crate::logic::exchange::memo::PayloadMemo;
+use crate::logic::exchange::{self as machine, Event, Exchange, NotFound, Verdict};
+use crate::logic::peer::{self, PeerSlot};
+use crate::logic::workload::WorkloadMetadata;
+
+use super::node;
+
+/// Per-VM state shared by a root and its streams.
+struct Shared {
+    config: ExchangeConfig,
+    our_frame: Vec<u8>,
+    counters: [Option<Counter>; machine::Counter::ALL.len()],
+    /// Payloads this worker decoded lately (owned here, lent to each connection's decoder).
+    memo: RefCell<PayloadMemo>,
+}
+
+pub struct ExchangeRoot<H: Host> {
+    host: H,
+    shared: Rc<Shared>,
+}
+
+impl<H: Host + Clone> ExchangeRoot<H> {
+    pub fn configure(host: H, config: &[u8]) -> Result<Self, String> {
+        let config = ExchangeConfig::parse(config).map_err(|e| e.to_string())?;
+        let local = node::local_workload(&host);
+        let our_frame = encode_frame(
+            &local.to_exchange_struct(&config.additional_labels),
+            &node::node_id(&host),
+        );
+        let mut counters = [None; machine::Counter::ALL.len()];
+        for (slot, counter) in counters.iter_mut().zip(machine::Counter::ALL) {
+            let name = format!("{}.{}", config.stat_prefix, counter.name());
+            *slot = host
+                .define_counter(&name)
+                .map_err(|e| host_log!(&host, Warn, "defining counter {name} failed: {e}"))
+                .ok();
+        }
+        host_log!(
+            &host,
+            Info,
+            "metadata exchange configured: {:?}, frame {} bytes, local workload {:?}",
+            config.role,
+            our_frame.len(),
+            local.workload_name
+        );
+        Ok(ExchangeRoot {
+            host,
+            shared: Rc::new(Shared {
+                config,
+                our_frame,
+                counters,
+                memo: RefCell::new(PayloadMemo::default()),
+            }),
+        })
+    }
+
+    pub fn create_stream(&self) -> ExchangeStream<H> {
+        let config = &self.shared.config;
+        ExchangeStream {
+            host: self.host.clone(),
+            exchange: Exchange::new(config.role, config.max_frame_bytes),
+            shared: Rc::clone(&self.shared),
+            started: false,
+        }
+    }
+}
+
+pub struct ExchangeStream<H: Host> {
+    host: H,
+    shared: Rc<Shared>,
+    exchange: Exchange,
+    started: bool,
+}
+
+impl<H: Host> ExchangeStream<H> {
+    pub fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        match self.shared.config.side {
+            Side::Client => self.outgoing(Buffer::Downstream, data_size),
+            Side::Server => self.incoming(Buffer::Downstream, data_size, end_of_stream),
+        }
+    }
+
+    pub fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        match self.shared.config.side {
+            Side::Client => self.incoming(Buffer::Upstream, data_size, end_of_stream),
+            Side::Server => self.outgoing(Buffer::Upstream, data_size),
+        }
+    }
+
+    /// On the first data callback (properties such as the upstream host exist only by then).
+    fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let mut events = self.exchange.start();
+        if self.exchange.needs_endpoint_gate() {
+            let mesh = self.upstream_is_mesh_endpoint();
+            events.extend(
+                self.exchange
+                    .decide_gate(mesh, self.shared.config.max_frame_bytes),
+            );
+        }
+        self.apply_events(events);
+    }
+
+    fn outgoing(&mut self, buffer: Buffer, data_size: usize) -> Action {
+        if self.exchange.is_settled() {
+            return Action::Continue;
+        }
+        self.start();
+        let verdict = self.exchange.on_outgoing(data_size);
+        if verdict.prepend_frame {
+            if let Err(e) = self.host.set_buffer(buffer, 0, 0, &self.shared.our_frame) {
+                host_log!(
+                    &self.host,
+                    Error,
+                    "prepending our exchange frame failed: {e}; peer will not learn us"
+                );
+            }
+        }
+        self.apply_events(verdict.events);
+        Action::Continue
+    }
+
+    fn incoming(&mut self, buffer: Buffer, data_size: usize, end_of_stream: bool) -> Action {
+        if self.exchange.is_settled() {
+            return Action::Continue;
+        }
+        self.start();
+        let held = self.exchange.held_incoming();
+        let new_bytes = match data_size.checked_sub(held) {
+            Some(0) => Ok(Vec::new()),
+            Some(new) => self.host.buffer(buffer, held, new),
+            None => Err(HostError::BAD_ARGUMENT),
+        };
+        let Ok(new_bytes) = new_bytes else {
+            host_log!(
+                &self.host,
+                Error,
+                "reading {data_size} incoming bytes (holding {held}) failed; giving up"
+            );
+            let events = self.exchange.abandon();
+            self.apply_events(events);
+            return Action::Continue;
+        };
+        let Verdict {
+            strip,
+            pause,
+            events,
+            ..
+        } = {
+            let mut memo = self.shared.memo.borrow_mut();
+            self.exchange
+                .on_incoming(&new_bytes, end_of_stream, &mut memo)
+        };
+        if strip > 0 {
+            if let Err(e) = self.host.set_buffer(buffer, 0, strip, &[]) {
+                host_log!(
+                    &self.host,
+                    Error,
+                    "stripping the {strip}-byte peer frame failed: {e}"
+                );
+            }
+        }
+        self.apply_events(events);
+        if pause {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn apply_events(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::Count(counter) => self.count(counter),
+                Event::PeerFound(frame) => self.publish_peer(frame),
+                Event::PeerNotFound(why) => self.publish_not_found(&why),
+            }
+        }
+    }
+
+    fn count(&self, counter: machine::Counter) {
+        let slot = machine::Counter::ALL.iter().position(|c| *c == counter);
+        if let Some(handle) = slot.and_then(|i| self.shared.counters[i]) {
+            if let Err(e) = self.host.increment(handle, 1) {
+                host_log!(
+                    &self.host,
+                    Debug,
+                    "incrementing {} failed: {e}",
+                    counter.name()
+                );
+            }
+        }
+    }
+
+    fn publish_peer(&mut self, frame: PeerFrame) {
+        let config = &self.shared.config;
+        let mtls = || {
+            let property = self.host.property(&["connection", "mtls"]).ok().flatten();
+            peer::is_mutual_tls(property.as_deref())
+        };
+        if !peer::trusted(config.side, config.trust, mtls) {
+            host_log!(
+                &self.host,
+                Warn,
+                "ignoring peer metadata on a connection without mutual TLS (trust: mtls_only)"
+            );
+            self.write(peer::not_found());
+            return;
+        }
+        let found = WorkloadMetadata::from_exchange_struct(&frame.metadata);
+        host_log!(
+            &self.host,
+            Debug,
+            "peer found: workload {:?} namespace {:?}",
+            found.workload_name,
+            found.namespace
+        );
+        let slot = PeerSlot::of_side(config.side);
+        self.write(peer::found(slot, &found, frame.id.as_deref()));
+    }
+
+    fn publish_not_found(&self, why: &NotFound) {
+        if why.is_warning(self.shared.config.role) {
+            host_log!(&self.host, Warn, "no peer metadata: {why}");
+        } else {
+            host_log!(&self.host, Debug, "no peer metadata: {why}");
+        }
+        self.write(peer::not_found());
+    }
+
+    fn write(&self, writes: Vec<peer::Write>) {
+        for (key, value) in writes {
+            if let Err(e) = self.host.set_property(&[key], &value) {
+                host_log!(&self.host, Error, "setting filter state {key} failed: {e}");
+            }
+        }
+    }
+
+    /// Client gate: does the chosen upstream endpoint carry `tlsMode: istio`?
+    fn upstream_is_mesh_endpoint(&self) -> bool {
+        match self.host.property(&["xds", "upstream_host_metadata"]) {
+            Ok(Some(bytes)) => endpoint::decode_metadata(&bytes)
+                .map(|md| endpoint::is_mesh_endpoint(&md))
+                .unwrap_or_else(|| {
+                    host_log!(
+                        &self.host,
+                        Warn,
+                        "upstream host metadata did not decode; treating as non-mesh"
+                    );
+                    false
+                }),
+            Ok(None) => false,
+            Err(e) => {
+                host_log!(
+                    &self.host,
+                    Warn,
+                    "reading upstream host metadata failed: {e}; treating as non-mesh"
+                );
+                false
+            }
+        }
+    }
+}
