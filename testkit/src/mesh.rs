@@ -163,6 +163,14 @@ impl Mesh {
         let mut server_props = vec![
             ("xds.listener_direction", node::u64_property(node::INBOUND)),
             ("xds.cluster_name", b"inbound|27017||".to_vec()),
+            (
+                "xds.cluster_metadata",
+                node::cluster_metadata(
+                    "mongodb.default.svc.cluster.local",
+                    "mongodb",
+                    &t.server.namespace,
+                ),
+            ),
             ("connection.mtls", vec![u8::from(t.mtls)]),
         ];
         if t.mtls {

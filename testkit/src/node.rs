@@ -19,19 +19,23 @@ pub struct Workload {
     pub namespace: String,
     pub app: String,
     pub version: String,
+    /// `service.istio.io/canonical-name`.
+    pub canonical: String,
     pub cluster: String,
     /// The service account, for SPIFFE principals.
     pub service_account: String,
 }
 
 impl Workload {
-    /// `name` (e.g. `ratings-v2`) of app `app`, version `version`, in `default`.
-    pub fn new(workload: &str, app: &str, version: &str) -> Self {
+    /// Workload `workload` (e.g. `ratings-v2`) of app `app`, canonical service `canonical`,
+    /// version `version`, in `default`.
+    pub fn new(workload: &str, app: &str, canonical: &str, version: &str) -> Self {
         Workload {
             workload: workload.into(),
             namespace: "default".into(),
             app: app.into(),
             version: version.into(),
+            canonical: canonical.into(),
             cluster: "Kubernetes".into(),
             service_account: format!("bookinfo-{app}"),
         }
@@ -39,12 +43,12 @@ impl Workload {
 
     /// Bookinfo's ratings-v2, the client of Istio's TCP metrics task.
     pub fn ratings() -> Self {
-        Workload::new("ratings-v2", "ratings-v2", "v2")
+        Workload::new("ratings-v2", "ratings", "ratings-v2", "v2")
     }
 
     /// The MongoDB of Istio's TCP metrics task.
     pub fn mongodb() -> Self {
-        Workload::new("mongodb-v1", "mongodb", "v1")
+        Workload::new("mongodb-v1", "mongodb", "mongodb", "v1")
     }
 
     pub fn node_id(&self) -> String {
@@ -66,7 +70,7 @@ impl Workload {
         let labels = encode_pairs(&[
             ("app", self.app.as_str()),
             ("version", self.version.as_str()),
-            ("service.istio.io/canonical-name", self.app.as_str()),
+            ("service.istio.io/canonical-name", self.canonical.as_str()),
             ("service.istio.io/canonical-revision", self.version.as_str()),
         ]);
         let name = format!("{}-7d9f8", self.workload);
@@ -88,7 +92,7 @@ impl Workload {
     pub fn endpoint_encoding(&self) -> String {
         format!(
             "{};{};{};{};{}",
-            self.workload, self.namespace, self.app, self.version, self.cluster
+            self.workload, self.namespace, self.canonical, self.version, self.cluster
         )
     }
 }

@@ -1,0 +1,94 @@
+//! The fake Envoy itself keeps Envoy 1.40's measured rules (docs/ENVOY-NOTES.md), checked here
+//! through its `Host` as a filter would see it. Each rule is re-measured in real Envoy by the
+//! end-to-end test the notes name.
+
+use istio_tcp_telemetry::host::{Buffer, Host, HostError};
+use testkit::fake_envoy::{Direction, FakeEnvoy};
+
+fn connection() -> (FakeEnvoy, u32) {
+    let mut e = FakeEnvoy::new("sidecar~t", None);
+    // A filter that passes every byte on: a client exchange whose gate is closed.
+    let l = e
+        .add_listener(&[(
+            istio_tcp_telemetry::EXCHANGE_ROOT_ID,
+            r#"{"side": "client", "client_gate": "never"}"#,
+        )])
+        .unwrap();
+    let c = e.connect(
+        l,
+        &[
+            ("xds.cluster_name", b"outbound|80||x".to_vec()),
+            ("xds.listener_direction", 2u64.to_le_bytes().to_vec()),
+            ("connection.mtls", vec![1]),
+        ],
+    );
+    (e, c)
+}
+
+#[test]
+fn upstream_and_tls_properties_exist_only_after_the_first_data_callback() {
+    let (mut e, c) = connection();
+    let host = e.host_of(c);
+    assert_eq!(host.property(&["xds", "cluster_name"]), Ok(None));
+    assert_eq!(host.property(&["connection", "mtls"]), Ok(Some(vec![0])));
+    assert_eq!(
+        host.property(&["xds", "listener_direction"]),
+        Ok(Some(2u64.to_le_bytes().to_vec())),
+        "known at accept"
+    );
+    assert_eq!(
+        host.property(&["node", "id"]),
+        Ok(None),
+        "no `node` in 1.40"
+    );
+    e.downstream(c, b"x", false);
+    let host = e.host_of(c);
+    assert_eq!(host.property(&["connection", "mtls"]), Ok(Some(vec![1])));
+    assert_eq!(
+        host.property_string(&["xds", "cluster_name"]).as_deref(),
+        Some("outbound|80||x")
+    );
+}
+
+#[test]
+fn buffer_edits_only_inside_a_data_callback_and_only_at_the_front() {
+    let (e, c) = connection();
+    let host = e.host_of(c);
+    assert_eq!(
+        host.set_buffer(Buffer::Downstream, 0, 0, b"frame"),
+        Err(HostError::BAD_ARGUMENT),
+        "no buffer outside a data callback (as in on_new_connection)"
+    );
+}
+
+#[test]
+fn filter_state_is_shared_under_its_wasm_name() {
+    let (mut e, c) = connection();
+    e.downstream(c, b"x", false);
+    let host = e.host_of(c);
+    host.set_property(&["downstream_peer"], b"v").unwrap();
+    assert_eq!(host.property(&["downstream_peer"]), Ok(Some(b"v".to_vec())));
+    assert_eq!(
+        host.property(&["filter_state", "wasm.downstream_peer"]),
+        Ok(Some(b"v".to_vec()))
+    );
+    assert_eq!(
+        e.filter_state(c, "wasm.downstream_peer"),
+        Some(b"v".to_vec())
+    );
+}
+
+#[test]
+fn one_stat_per_name_and_a_half_close_passes_on() {
+    let (mut e, c) = connection();
+    let host = e.host_of(c);
+    let a = host.define_counter("x").unwrap();
+    assert_eq!(host.define_counter("x"), Ok(a));
+    host.increment(a, 3).unwrap();
+    assert_eq!(e.counter("x"), Some(3));
+    e.downstream(c, b"bye", true);
+    assert_eq!(e.take_delivered(c, Direction::Downstream), b"bye");
+    assert!(e.ended(c, Direction::Downstream) && !e.is_closed(c));
+    e.close(c);
+    assert!(e.is_closed(c));
+}
