@@ -554,6 +554,16 @@ impl FakeEnvoy {
             .map_or(0, |s| s.buffers[direction.index()].len())
     }
 
+    /// The bytes Envoy holds for a paused filter in `direction`.
+    pub fn held_bytes(&self, id: ConnectionId, direction: Direction) -> Vec<u8> {
+        self.world
+            .borrow()
+            .connections
+            .get(&id)
+            .map(|s| s.buffers[direction.index()].clone())
+            .unwrap_or_default()
+    }
+
     /// Whether `direction` has ended (end of stream passed on) — or was cut by a close.
     pub fn ended(&self, id: ConnectionId, direction: Direction) -> bool {
         self.world
