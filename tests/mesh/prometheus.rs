@@ -1,5 +1,5 @@
 //! A real Prometheus (Debian's, installed by `make tools`) scraping both sidecars with the shipped
-//! `examples/prometheus/` configuration, and its HTTP query API: the seed's "type the metric,
+//! `examples/prometheus/` configuration, and its HTTP query API: the task's "type the metric,
 //! press Execute" step. Used by `make prometheus` (the demo's `--prometheus`) and a test.
 
 use std::fs;
