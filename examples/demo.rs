@@ -13,17 +13,15 @@
 //! and `openssl`. Usage: `cargo run --release --example demo -- [--once] [--plaintext]
 //! [--connections N] [--concurrency N]`.
 
-#[path = "../tests/mesh/mod.rs"]
-mod mesh;
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mesh::prometheus::Prometheus;
-use mesh::{Mesh, MeshOptions};
-use support::{prefix_server, request_until, wait_for_lines, Envoy};
+use testkit::backend::{prefix_server, Backend};
+use testkit::client::request_until;
+use testkit::envoy::Envoy;
+use testkit::files::{envoy_bin, free_port, wait_for_lines, wasm_module};
+use testkit::mesh::{Mesh, MeshOptions};
+use testkit::prometheus::Prometheus;
 
 struct Args {
     once: bool,
@@ -100,7 +98,7 @@ impl Steps {
 /// The database behind the server sidecar: the built-in one ("hello " + request) or a real
 /// Redis answering PING.
 enum Database {
-    BuiltIn(support::Backend),
+    BuiltIn(Backend),
     Redis(RedisServer),
 }
 
@@ -129,7 +127,7 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = support::free_port();
+        let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -169,8 +167,8 @@ fn main() {
                 .display()
         );
     }));
-    println!("Envoy:       {}", support::envoy_bin().display());
-    println!("Wasm module: {}", support::wasm_module().display());
+    println!("Envoy:       {}", envoy_bin().display());
+    println!("Wasm module: {}", wasm_module().display());
 
     println!(
         "Istio's TCP metrics task on loopback: Bookinfo's ratings-v2 -> mongodb-v1 through two sidecars"

@@ -8,6 +8,9 @@
 //!   Envoy and, natively, in the tests' fake Envoy.
 //! - `wasm` (wasm32 only): the ABI implementation of the host and proxy-wasm adapters.
 
+// Only the Wasm ABI needs `unsafe` (it allows it for itself); everything else forbids it.
+#![deny(unsafe_code)]
+
 pub mod filters;
 pub mod host;
 pub mod logic;

@@ -8,8 +8,8 @@ use istio_tcp_telemetry::logic::peer;
 use istio_tcp_telemetry::EXCHANGE_ROOT_ID;
 use prost_types::Struct;
 use testkit::fake_envoy::{Direction, FakeEnvoy};
-use testkit::mesh::{Link, Mesh, MeshBuilder};
-use testkit::node::{self, Workload};
+use testkit::fake_mesh::{Link, Mesh, MeshBuilder};
+use testkit::metadata::{self as node, Workload};
 
 const GOLDEN_RATINGS: &[u8] = include_bytes!("fixtures/golden/modern_ratings.bin");
 

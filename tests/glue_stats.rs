@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use istio_tcp_telemetry::STATS_ROOT_ID;
 use testkit::fake_envoy::FakeEnvoy;
-use testkit::mesh::{Link, Mesh, MeshBuilder};
-use testkit::node::{self, Workload};
+use testkit::fake_mesh::{Link, Mesh, MeshBuilder};
+use testkit::metadata::{self as node, Workload};
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 const CLOSED: &str = "istio_tcp_connections_closed_total";

@@ -34,7 +34,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use prost_types::Any;
 use testkit::fake_envoy::{Direction, FakeEnvoy};
-use testkit::node;
+use testkit::metadata as node;
 
 const GOLDEN: [&[u8]; 4] = [
     include_bytes!("../../tests/fixtures/golden/modern_ratings.bin"),

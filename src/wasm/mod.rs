@@ -2,6 +2,9 @@
 //! ABI (the only code that calls the host), and [`adapters`] are proxy-wasm's root and stream
 //! contexts, each a few lines handing the callback to [`crate::filters`].
 
+// The raw ABI calls and the SDK's exported entry points.
+#![allow(unsafe_code)]
+
 mod abi;
 mod adapters;
 

@@ -23,6 +23,8 @@
 //! - **close**: `on_downstream_data(0, eos)` → `on_upstream_data(0, eos)` (each only if that
 //!   direction had not ended) → `on_log` in filter order → contexts dropped.
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -113,6 +115,21 @@ struct World {
     contexts: BTreeMap<u32, u32>,
     /// The context host calls act on; `None` for a root.
     effective: Option<u32>,
+    /// Host calls made to fail (InternalFailure), by name (see [`FakeEnvoy::fail`]).
+    failing: Vec<HostCall>,
+}
+
+/// Host calls whose failure a test can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostCall {
+    Property,
+    SetProperty,
+    Buffer,
+    SetBuffer,
+    DefineMetric,
+    Increment,
+    SetTickPeriod,
+    SetEffectiveContext,
 }
 
 impl World {
@@ -135,8 +152,21 @@ pub struct FakeHost {
     root: usize,
 }
 
+impl FakeHost {
+    fn check(&self, call: HostCall) -> Result<(), HostError> {
+        if self.world.borrow().failing.contains(&call) {
+            Err(HostError::INTERNAL_FAILURE)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        if path != ["plugin_root_id"] {
+            self.check(HostCall::Property)?;
+        }
         let world = self.world.borrow();
         match path {
             ["plugin_root_id"] => {
@@ -165,6 +195,7 @@ impl Host for FakeHost {
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
+        self.check(HostCall::SetProperty)?;
         let mut world = self.world.borrow_mut();
         let connection = world.connection_mut().ok_or(HostError::NOT_FOUND)?;
         connection
@@ -174,6 +205,9 @@ impl Host for FakeHost {
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max: usize) -> Result<Vec<u8>, HostError> {
+        if buffer != Buffer::PluginConfiguration {
+            self.check(HostCall::Buffer)?;
+        }
         let world = self.world.borrow();
         let bytes: &[u8] = match buffer {
             Buffer::PluginConfiguration => match world.roots.get(self.root) {
@@ -200,6 +234,7 @@ impl Host for FakeHost {
         len: usize,
         value: &[u8],
     ) -> Result<(), HostError> {
+        self.check(HostCall::SetBuffer)?;
         let index = match buffer {
             Buffer::Downstream => 0,
             Buffer::Upstream => 1,
@@ -230,6 +265,7 @@ impl Host for FakeHost {
     }
 
     fn increment(&self, counter: Counter, by: u64) -> Result<(), HostError> {
+        self.check(HostCall::Increment)?;
         let mut world = self.world.borrow_mut();
         let metric = world
             .metrics
@@ -254,6 +290,7 @@ impl Host for FakeHost {
     }
 
     fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.check(HostCall::SetTickPeriod)?;
         let mut world = self.world.borrow_mut();
         let root = world.roots.get_mut(self.root).ok_or(HostError::NOT_FOUND)?;
         root.tick = Some(period);
@@ -261,6 +298,7 @@ impl Host for FakeHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.check(HostCall::SetEffectiveContext)?;
         let mut world = self.world.borrow_mut();
         if !world.contexts.contains_key(&context_id) {
             return Err(HostError::BAD_ARGUMENT);
@@ -283,6 +321,7 @@ impl Host for FakeHost {
 
 impl FakeHost {
     fn define(&self, name: &str) -> Result<u32, HostError> {
+        self.check(HostCall::DefineMetric)?;
         let mut world = self.world.borrow_mut();
         if let Some(i) = world.metrics.iter().position(|m| m.name == name) {
             return Ok(i as u32);
@@ -321,7 +360,7 @@ pub struct FakeEnvoy {
 
 impl FakeEnvoy {
     /// An Envoy whose node has this id and `xds.node.metadata` (pairs-encoded, see
-    /// [`crate::node`]; `None`: the property is absent).
+    /// [`crate::metadata`]; `None`: the property is absent).
     pub fn new(node_id: &str, node_metadata: Option<Vec<u8>>) -> Self {
         FakeEnvoy {
             world: Rc::new(RefCell::new(World {
@@ -334,11 +373,22 @@ impl FakeEnvoy {
                 connections: BTreeMap::new(),
                 contexts: BTreeMap::new(),
                 effective: None,
+                failing: Vec::new(),
             })),
             listeners: Vec::new(),
             connections: BTreeMap::new(),
             next_id: 1,
         }
+    }
+
+    /// From now on, `call` fails with InternalFailure (as a host may fail any call).
+    pub fn fail(&mut self, call: HostCall) {
+        self.world.borrow_mut().failing.push(call);
+    }
+
+    /// Every host call succeeds again.
+    pub fn heal(&mut self) {
+        self.world.borrow_mut().failing.clear();
     }
 
     /// The level below which the filters do not log (Debug by default).
@@ -385,7 +435,7 @@ impl FakeEnvoy {
     }
 
     /// A connection accepted on `listener`, with these properties (`("xds.cluster_name",
-    /// bytes)`; see [`crate::node`] for the encodings). One stream context per filter.
+    /// bytes)`; see [`crate::metadata`] for the encodings). One stream context per filter.
     pub fn connect(
         &mut self,
         listener: ListenerId,

@@ -1,256 +1,265 @@
-//! Two fake sidecars back to back, as Istio's TCP metrics task deploys them: the client's
-//! outbound listener (`istio_tcp_stats` → `istio_metadata_exchange` → tcp_proxy) sends to the
-//! server's inbound listener (`istio_metadata_exchange` → `istio_tcp_stats` → tcp_proxy), which
-//! sends to the backend. Bytes flow both ways through both chains.
+//! The Bookinfo TCP topology used by the end-to-end tests, from the shipped `envoy/` templates:
 //!
-//! ```ignore
-//! let mut mesh = MeshBuilder::new().build()?;
-//! let mut link = mesh.connect();
-//! mesh.client_sends(&mut link, b"world\n", false);
-//! mesh.backend_sends(&mut link, b"hello world\n", false);
-//! mesh.close(&mut link);
+//! ```text
+//! app (test) ──▶ client sidecar (ratings-v2, outbound) ──▶ server sidecar (mongodb-v1, inbound) ──▶ backend
 //! ```
+//! Plaintext or mTLS (client cluster originates TLS with ALPN istio-peer-exchange; the server
+//! picks its `mx-mtls` chain by ALPN).
 
-use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+#![forbid(unsafe_code)]
 
-use crate::fake_envoy::{ConnectionId, Direction, FakeEnvoy, ListenerId};
-use crate::node::{self, Workload};
+use std::path::PathBuf;
 
-/// The default topology: ratings-v2 → mongodb-v1 over mutual TLS, both filters on both sides.
-#[derive(Debug, Clone)]
-pub struct MeshBuilder {
-    pub client: Workload,
-    pub server: Workload,
-    /// Exchange configurations (`None`: no exchange filter on that side).
-    pub client_exchange: Option<String>,
-    pub server_exchange: Option<String>,
-    /// Stats configurations (`None`: no stats filter on that side).
-    pub client_stats: Option<String>,
-    pub server_stats: Option<String>,
-    /// Certificates on the sidecar-to-sidecar hop.
+use crate::certs::{make_mtls_certs, MtlsCerts};
+use crate::envoy::Envoy;
+use crate::files::{self as support, free_port, TempDir};
+use crate::render::{render, render_text, shipped_template, yaml_single_quoted, Unused};
+
+pub use crate::bookinfo::{
+    MONGODB_ENDPOINT_WORKLOAD as ENDPOINT_WORKLOAD, MONGODB_NODE_ID as SERVER_NODE_ID,
+    MONGODB_NODE_METADATA as SERVER_METADATA, RATINGS_NODE_ID as CLIENT_NODE_ID,
+    RATINGS_NODE_METADATA as CLIENT_METADATA, SERVICE_HOST, SERVICE_NAME, SERVICE_NAMESPACE,
+    SERVICE_PORT,
+};
+
+/// What to start; [`MeshOptions::default`] is the plaintext mesh with default configs.
+#[derive(Clone)]
+pub struct MeshOptions {
     pub mtls: bool,
-    /// The client's endpoint carries `tlsMode: istio`.
-    pub mesh_endpoint: bool,
+    /// Endpoint label `tlsMode` on the client's cluster (`istio` or `disabled`).
+    pub tls_mode: &'static str,
+    pub client_exchange: String,
+    pub server_exchange_mtls: String,
+    pub server_exchange_plain: String,
+    pub client_stats: String,
+    pub server_stats: String,
+    pub concurrency: u32,
+    /// Point the client straight at the backend (no server sidecar): a non-mesh server.
+    pub without_server_sidecar: bool,
+    /// `stats_tags` entries for labels beyond Istio's (user-defined dimensions).
+    pub extra_stats_tags: Vec<&'static str>,
+    /// Envoys in their own process group (tests); the demo says false so Ctrl-C reaches them.
+    pub own_process_group: bool,
+    /// Envoy's `-l` (default: the kit's, see [`crate::envoy::EnvoyBuilder::log_level`]).
+    pub log_level: Option<&'static str>,
+    /// Applied to each template's text before rendering (the bench lifts circuit breakers and,
+    /// for its baseline, removes the Wasm filters); parameters it removes may go unused.
+    pub template_edit: Option<fn(&str) -> String>,
 }
 
-impl Default for MeshBuilder {
+impl Default for MeshOptions {
     fn default() -> Self {
-        MeshBuilder {
-            client: Workload::ratings(),
-            server: Workload::mongodb(),
-            client_exchange: Some(r#"{"side": "client"}"#.into()),
-            server_exchange: Some(r#"{"side": "server"}"#.into()),
-            client_stats: Some("{}".into()),
-            server_stats: Some("{}".into()),
-            mtls: true,
-            mesh_endpoint: true,
+        MeshOptions {
+            mtls: false,
+            tls_mode: "istio",
+            client_exchange: r#"{"side":"client"}"#.into(),
+            server_exchange_mtls: r#"{"side":"server","server_mode":"expect"}"#.into(),
+            server_exchange_plain: r#"{"side":"server","server_mode":"detect"}"#.into(),
+            client_stats: "{}".into(),
+            server_stats: "{}".into(),
+            concurrency: 1,
+            without_server_sidecar: false,
+            extra_stats_tags: Vec::new(),
+            own_process_group: true,
+            log_level: None,
+            template_edit: None,
         }
     }
 }
 
-impl MeshBuilder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn client_exchange(mut self, config: Option<&str>) -> Self {
-        self.client_exchange = config.map(str::to_string);
-        self
-    }
-
-    pub fn server_exchange(mut self, config: Option<&str>) -> Self {
-        self.server_exchange = config.map(str::to_string);
-        self
-    }
-
-    pub fn client_stats(mut self, config: Option<&str>) -> Self {
-        self.client_stats = config.map(str::to_string);
-        self
-    }
-
-    pub fn server_stats(mut self, config: Option<&str>) -> Self {
-        self.server_stats = config.map(str::to_string);
-        self
-    }
-
-    pub fn mtls(mut self, mtls: bool) -> Self {
-        self.mtls = mtls;
-        self
-    }
-
-    pub fn mesh_endpoint(mut self, mesh: bool) -> Self {
-        self.mesh_endpoint = mesh;
-        self
-    }
-
-    /// Both sidecars, configured (an error is the refusing filter's log line).
-    pub fn build(self) -> Result<Mesh, String> {
-        let mut client = FakeEnvoy::new(&self.client.node_id(), Some(self.client.node_metadata()));
-        let mut server = FakeEnvoy::new(&self.server.node_id(), Some(self.server.node_metadata()));
-        let client_chain: Vec<(&str, &str)> = [
-            self.client_stats.as_deref().map(|c| (STATS_ROOT_ID, c)),
-            self.client_exchange
-                .as_deref()
-                .map(|c| (EXCHANGE_ROOT_ID, c)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let server_chain: Vec<(&str, &str)> = [
-            self.server_exchange
-                .as_deref()
-                .map(|c| (EXCHANGE_ROOT_ID, c)),
-            self.server_stats.as_deref().map(|c| (STATS_ROOT_ID, c)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let client_listener = client.add_listener(&client_chain)?;
-        let server_listener = server.add_listener(&server_chain)?;
-        Ok(Mesh {
-            client,
-            server,
-            client_listener,
-            server_listener,
-            topology: self,
-        })
-    }
-}
-
-/// A built mesh (see the module docs).
 pub struct Mesh {
-    pub client: FakeEnvoy,
-    pub server: FakeEnvoy,
-    pub client_listener: ListenerId,
-    pub server_listener: ListenerId,
-    pub topology: MeshBuilder,
+    pub client: Envoy,
+    pub server: Option<Envoy>,
+    /// Where the application connects.
+    pub client_port: u16,
+    /// The server sidecar's inbound listener (0 without one).
+    pub server_port: u16,
+    pub client_access_log: PathBuf,
+    pub server_access_log: PathBuf,
+    pub certs: MtlsCerts,
+    /// The rendered configurations (the server's empty without a server sidecar).
+    pub client_config: String,
+    pub server_config: String,
+    /// Certificates and access logs; removed on drop (kept when a test panics).
+    pub dir: TempDir,
 }
-
-/// One connection through both sidecars, and what each end received.
-#[derive(Debug, Default)]
-pub struct Link {
-    pub client: ConnectionId,
-    pub server: ConnectionId,
-    /// Bytes the client application received.
-    pub app_received: Vec<u8>,
-    /// Bytes the backend received.
-    pub backend_received: Vec<u8>,
-}
-
-/// The Istio outbound cluster of the server's service.
-pub const CLUSTER: &str = "outbound|27017||mongodb.default.svc.cluster.local";
 
 impl Mesh {
-    pub fn connect(&mut self) -> Link {
-        let t = &self.topology;
-        let mut client_props = vec![
-            ("xds.listener_direction", node::u64_property(node::OUTBOUND)),
-            (
-                "xds.upstream_host_metadata",
-                node::endpoint_metadata(t.mesh_endpoint, Some(&t.server)),
-            ),
-            ("xds.cluster_name", CLUSTER.as_bytes().to_vec()),
-            (
-                "xds.cluster_metadata",
-                node::cluster_metadata(
-                    "mongodb.default.svc.cluster.local",
-                    "mongodb",
-                    &t.server.namespace,
-                ),
-            ),
-            ("connection.mtls", vec![0]),
+    pub fn start(name: &str, backend_port: u16, opts: &MeshOptions) -> Mesh {
+        let dir = TempDir::new(name);
+        let certs = make_mtls_certs(&dir.path().join("certs"));
+        let client_access_log = dir.path().join("client-access.log");
+        let server_access_log = dir.path().join("server-access.log");
+        let wasm = support::wasm_module().display().to_string();
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut tags = crate::render::stats_tags();
+        for label in &opts.extra_stats_tags {
+            tags.push_str(&format!(
+                "\n  - tag_name: {label}\n    regex: \"(_?{label}=\\\\.=(.*?);\\\\.;)\""
+            ));
+        }
+        let service = [
+            ("STATS_TAGS", tags),
+            ("SERVICE_HOST", SERVICE_HOST.to_string()),
+            ("SERVICE_NAME", SERVICE_NAME.to_string()),
+            ("SERVICE_NAMESPACE", SERVICE_NAMESPACE.to_string()),
+            ("SERVICE_PORT", SERVICE_PORT.to_string()),
         ];
-        let mut server_props = vec![
-            ("xds.listener_direction", node::u64_property(node::INBOUND)),
-            ("xds.cluster_name", b"inbound|27017||".to_vec()),
-            (
-                "xds.cluster_metadata",
-                node::cluster_metadata(
-                    "mongodb.default.svc.cluster.local",
-                    "mongodb",
-                    &t.server.namespace,
+        let start = |who: &str, yaml: &str| {
+            let mut builder = Envoy::builder(&format!("{name}-{who}"), yaml)
+                .concurrency(opts.concurrency)
+                .own_process_group(opts.own_process_group);
+            if let Some(level) = opts.log_level {
+                builder = builder.log_level(level);
+            }
+            builder.start()
+        };
+        let render = |template: &str, params: &[(&str, String)]| match opts.template_edit {
+            None => render(template, params),
+            Some(edit) => {
+                let text = edit(&shipped_template(template));
+                render_text(template, &text, params, Unused::Allowed)
+            }
+        };
+
+        let mut server_config = String::new();
+        let (server, server_port) = if opts.without_server_sidecar {
+            (None, 0)
+        } else {
+            let mut params = vec![
+                ("ADMIN_PORT", "0".to_string()),
+                ("LISTENER_PORT", free_port().to_string()),
+                ("NODE_ID", SERVER_NODE_ID.to_string()),
+                ("NODE_METADATA", SERVER_METADATA.to_string()),
+                ("WASM_PATH", wasm.clone()),
+                ("STATS_CONFIG", yaml_single_quoted(&opts.server_stats)),
+                (
+                    "EXCHANGE_CONFIG_MTLS",
+                    yaml_single_quoted(&opts.server_exchange_mtls),
                 ),
-            ),
-            ("connection.mtls", vec![u8::from(t.mtls)]),
+                (
+                    "EXCHANGE_CONFIG_PLAIN",
+                    yaml_single_quoted(&opts.server_exchange_plain),
+                ),
+                ("BACKEND_PORT", backend_port.to_string()),
+                ("CERT_CHAIN", path(&certs.server_cert)),
+                ("PRIVATE_KEY", path(&certs.server_key)),
+                ("CA_CERT", path(&certs.ca_cert)),
+                ("ACCESS_LOG", path(&server_access_log)),
+            ];
+            params.extend(service.iter().cloned());
+            server_config = render("sidecar-server.yaml", &params);
+            let envoy = start("server", &server_config);
+            let port = envoy.listener_port("inbound");
+            (Some(envoy), port)
+        };
+
+        let upstream = if opts.without_server_sidecar {
+            backend_port
+        } else {
+            server_port
+        };
+        let mut params = vec![
+            ("ADMIN_PORT", "0".to_string()),
+            ("LISTENER_PORT", free_port().to_string()),
+            ("NODE_ID", CLIENT_NODE_ID.to_string()),
+            ("NODE_METADATA", CLIENT_METADATA.to_string()),
+            ("WASM_PATH", wasm),
+            ("STATS_CONFIG", yaml_single_quoted(&opts.client_stats)),
+            ("EXCHANGE_CONFIG", yaml_single_quoted(&opts.client_exchange)),
+            ("UPSTREAM_PORT", upstream.to_string()),
+            ("TLS_MODE", opts.tls_mode.to_string()),
+            ("ENDPOINT_WORKLOAD", ENDPOINT_WORKLOAD.to_string()),
+            ("ACCESS_LOG", path(&client_access_log)),
         ];
-        if t.mtls {
-            client_props.extend([
-                (
-                    "upstream.uri_san_peer_certificate",
-                    t.server.spiffe().into_bytes(),
-                ),
-                (
-                    "upstream.uri_san_local_certificate",
-                    t.client.spiffe().into_bytes(),
-                ),
+        params.extend(service.iter().cloned());
+        let template = if opts.mtls {
+            params.extend([
+                ("CERT_CHAIN", path(&certs.client_cert)),
+                ("PRIVATE_KEY", path(&certs.client_key)),
+                ("CA_CERT", path(&certs.ca_cert)),
+                ("SNI", format!("outbound_.{SERVICE_PORT}_._.{SERVICE_HOST}")),
             ]);
-            server_props.extend([
-                (
-                    "connection.uri_san_peer_certificate",
-                    t.client.spiffe().into_bytes(),
-                ),
-                (
-                    "connection.uri_san_local_certificate",
-                    t.server.spiffe().into_bytes(),
-                ),
-            ]);
-        }
-        Link {
-            client: self.client.connect(self.client_listener, &client_props),
-            server: self.server.connect(self.server_listener, &server_props),
-            ..Default::default()
+            "sidecar-client-mtls.yaml"
+        } else {
+            "sidecar-client.yaml"
+        };
+        let client_config = render(template, &params);
+        let client = start("client", &client_config);
+        let client_port = client.listener_port("outbound");
+        Mesh {
+            client,
+            server,
+            client_port,
+            server_port,
+            client_access_log,
+            server_access_log,
+            certs,
+            client_config,
+            server_config,
+            dir,
         }
     }
 
-    /// The client application writes (`end_of_stream`: then half-closes).
-    pub fn client_sends(&mut self, link: &mut Link, bytes: &[u8], end_of_stream: bool) {
-        self.client.downstream(link.client, bytes, end_of_stream);
-        let wire = self
-            .client
-            .take_delivered(link.client, Direction::Downstream);
-        let eos = self.client.ended(link.client, Direction::Downstream)
-            && self.client.held(link.client, Direction::Downstream) == 0
-            && self.client.lost(link.client) == 0;
-        if !wire.is_empty() || eos {
-            self.server.downstream(link.server, &wire, eos);
-        }
-        if self.client.lost(link.client) > 0 {
-            self.server.close(link.server);
-        }
-        let backend = self
-            .server
-            .take_delivered(link.server, Direction::Downstream);
-        link.backend_received.extend_from_slice(&backend);
+    pub fn server(&self) -> &Envoy {
+        self.server
+            .as_ref()
+            .expect("this mesh has a server sidecar")
     }
+}
 
-    /// The backend writes (`end_of_stream`: then half-closes).
-    pub fn backend_sends(&mut self, link: &mut Link, bytes: &[u8], end_of_stream: bool) {
-        self.server.upstream(link.server, bytes, end_of_stream);
-        let wire = self.server.take_delivered(link.server, Direction::Upstream);
-        let eos = self.server.ended(link.server, Direction::Upstream)
-            && self.server.held(link.server, Direction::Upstream) == 0
-            && self.server.lost(link.server) == 0;
-        if !wire.is_empty() || eos {
-            self.client.upstream(link.client, &wire, eos);
-        }
-        if self.server.lost(link.server) > 0 {
-            self.client.close(link.client);
-        }
-        let app = self.client.take_delivered(link.client, Direction::Upstream);
-        link.app_received.extend_from_slice(&app);
-    }
+/// The request/response client (see [`crate::client::HalfClose::AfterReply`]).
+pub use crate::client::request_reply;
 
-    /// The client closes: its sidecar closes, then the server's (each in Envoy's close order).
-    pub fn close(&mut self, link: &mut Link) {
-        self.client_sends(link, &[], true);
-        self.backend_sends(link, &[], true);
-        self.client.close(link.client);
-        self.server.close(link.server);
-    }
+/// One sample of Prometheus text output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
 
-    /// One tick on both sidecars.
-    pub fn tick(&mut self) {
-        self.client.tick();
-        self.server.tick();
+/// Parses `/stats/prometheus` output (comments skipped; label values unescaped for `\"`, `\\`).
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = value.parse().unwrap_or(f64::NAN);
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').expect("closing brace")),
+            None => (series, ""),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while let Some((key, after)) = rest.split_once("=\"") {
+            let mut val = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            map.insert(key.trim_start_matches(',').to_string(), val);
+            rest = &after[end..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
     }
+    out
 }

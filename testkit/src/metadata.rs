@@ -2,6 +2,8 @@
 //! `xds.node.metadata` as a pairs blob (nested maps as nested blobs), endpoint and cluster
 //! metadata as serialized `envoy.config.core.v3.Metadata`, numbers as 8 bytes little-endian.
 
+#![forbid(unsafe_code)]
+
 use istio_tcp_telemetry::logic::endpoint::{
     ISTIO, SERVICES, TLS_MODE, TRANSPORT_SOCKET_MATCH, WORKLOAD,
 };

@@ -2,12 +2,15 @@
 //! `examples/prometheus/` configuration, and its HTTP query API: the task's "type the metric,
 //! press Execute" step. Used by `make prometheus` (the demo's `--prometheus`) and a test.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, http_get, manifest_dir, TempDir};
+use crate::files::{free_port, manifest_dir, TempDir};
+use crate::http::http_get;
 
 pub struct Prometheus {
     child: Child,
@@ -53,7 +56,7 @@ impl Prometheus {
             .expect("start prometheus (Debian package `prometheus`, installed by `make tools`)");
         let mut prometheus = Prometheus { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(crate::support::try_http_get(port, "/-/ready"), Ok((200, _))) {
+        while !matches!(crate::http::try_http_get(port, "/-/ready"), Ok((200, _))) {
             if let Ok(Some(status)) = prometheus.child.try_wait() {
                 panic!("prometheus exited ({status}):\n{}", prometheus.log());
             }
