@@ -27,7 +27,10 @@ fn a_failed_buffer_read_gives_up_and_delivers_the_bytes() {
     e.downstream(c, &bytes, false);
     assert_eq!(e.take_delivered(c, Direction::Downstream), bytes);
     assert_eq!(e.logged(LogLevel::Error, "giving up"), 1);
-    assert_eq!(e.filter_state(c, "wasm.peer_not_found"), Some(b"true".to_vec()));
+    assert_eq!(
+        e.filter_state(c, "wasm.peer_not_found"),
+        Some(b"true".to_vec())
+    );
     e.close(c);
     assert_eq!(e.lost(c), 0);
 }
@@ -41,7 +44,10 @@ fn a_failed_strip_or_prepend_is_logged_not_fatal() {
     assert_eq!(e.logged(LogLevel::Error, "stripping"), 1);
     e.upstream(c, b"reply", false);
     assert_eq!(e.take_delivered(c, Direction::Upstream), b"reply");
-    assert_eq!(e.logged(LogLevel::Error, "prepending our exchange frame failed"), 1);
+    assert_eq!(
+        e.logged(LogLevel::Error, "prepending our exchange frame failed"),
+        1
+    );
 }
 
 #[test]
