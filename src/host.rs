@@ -106,6 +106,14 @@ pub trait Host {
     /// Makes later calls (properties, filter state) act on another context, e.g. a stream from
     /// its root's tick.
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;
+    /// Calls one of the host's foreign functions (Envoy's `declare_property`, …); its result.
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError>;
+    /// The host's wall clock, in nanoseconds (0 when it cannot say).
+    fn now_nanos(&self) -> u64;
     /// The host's log level: messages below it are not even formatted.
     fn log_level(&self) -> LogLevel;
     fn log(&self, level: LogLevel, message: &str);

@@ -102,6 +102,9 @@ impl<H: Host> Stream<H> {
         }
     }
 
+    /// The connection closed (Envoy's close event, not a half-close).
+    pub fn on_downstream_close(&mut self) {}
+
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {
         if let Stream::Stats(s) = self {

@@ -59,6 +59,15 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
@@ -195,6 +204,40 @@ impl Host for WasmHost {
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
         // SAFETY: plain value.
         status(unsafe { proxy_set_effective_context(context_id) })
+    }
+
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: the slices and out-pointers are valid for the call.
+        let code = unsafe {
+            proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut data,
+                &mut size,
+            )
+        };
+        match code {
+            // SAFETY: on OK the host allocated `data` (if any) through our allocator.
+            OK => Ok(unsafe { take_host_bytes(data, size) }),
+            other => Err(HostError(other)),
+        }
+    }
+
+    fn now_nanos(&self) -> u64 {
+        let mut t = 0;
+        // SAFETY: `t` is valid for the call.
+        match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
+            OK => t,
+            _ => 0,
+        }
     }
 
     fn log_level(&self) -> LogLevel {

@@ -66,6 +66,10 @@ impl StreamContext for Connection {
         action(self.0.on_upstream_data(data_size, end_of_stream))
     }
 
+    fn on_downstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
+        self.0.on_downstream_close();
+    }
+
     fn on_log(&mut self) {
         self.0.on_log();
     }

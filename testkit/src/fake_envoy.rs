@@ -21,7 +21,10 @@
 //! - **metrics**: one stat per name, shared by every root; **ticks**: each root with a tick
 //!   period, with the root as effective context until it calls `set_effective_context`;
 //! - **close**: `on_downstream_data(0, eos)` → `on_upstream_data(0, eos)` (each only if that
-//!   direction had not ended) → `on_log` in filter order → contexts dropped.
+//!   direction had not ended) → `on_downstream_close` → `on_log`, each in filter order →
+//!   contexts dropped;
+//! - **foreign functions**: `declare_property` (a name declared twice is BadArgument); a clock
+//!   that moves only when a test says so.
 
 #![forbid(unsafe_code)]
 
@@ -117,6 +120,10 @@ struct World {
     effective: Option<u32>,
     /// Host calls made to fail (InternalFailure), by name (see [`FakeEnvoy::fail`]).
     failing: Vec<HostCall>,
+    /// The wall clock the host reports, in nanoseconds (see [`FakeEnvoy::advance`]).
+    now_nanos: u64,
+    /// Keys declared typed through the `declare_property` foreign function, with their schema.
+    declared: BTreeMap<String, Vec<u8>>,
 }
 
 /// Host calls whose failure a test can inject.
@@ -130,6 +137,7 @@ pub enum HostCall {
     Increment,
     SetTickPeriod,
     SetEffectiveContext,
+    ForeignFunction,
 }
 
 impl World {
@@ -307,6 +315,32 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        self.check(HostCall::ForeignFunction)?;
+        match name {
+            // Envoy 1.40's `declare_property`: DeclarePropertyArguments {name = 1, …, schema = 4};
+            // a second declaration of a name is BadArgument.
+            "declare_property" => {
+                let (name, schema) = declared_property(arguments).ok_or(HostError::BAD_ARGUMENT)?;
+                let mut world = self.world.borrow_mut();
+                if world.declared.contains_key(&name) {
+                    return Err(HostError::BAD_ARGUMENT);
+                }
+                world.declared.insert(name, schema);
+                Ok(None)
+            }
+            _ => Err(HostError::NOT_FOUND),
+        }
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.world.borrow().now_nanos
+    }
+
     fn log_level(&self) -> LogLevel {
         self.world.borrow().log_level
     }
@@ -317,6 +351,19 @@ impl Host for FakeHost {
             .logs
             .push((level, message.to_string()));
     }
+}
+
+/// Fields 1 (name) and 4 (schema) of a `DeclarePropertyArguments` message.
+fn declared_property(bytes: &[u8]) -> Option<(String, Vec<u8>)> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Args {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(bytes = "vec", tag = "4")]
+        schema: Vec<u8>,
+    }
+    let args = <Args as prost::Message>::decode(bytes).ok()?;
+    Some((args.name, args.schema))
 }
 
 impl FakeHost {
@@ -374,6 +421,8 @@ impl FakeEnvoy {
                 contexts: BTreeMap::new(),
                 effective: None,
                 failing: Vec::new(),
+                now_nanos: 1_000_000_000,
+                declared: BTreeMap::new(),
             })),
             listeners: Vec::new(),
             connections: BTreeMap::new(),
@@ -384,6 +433,17 @@ impl FakeEnvoy {
     /// From now on, `call` fails with InternalFailure (as a host may fail any call).
     pub fn fail(&mut self, call: HostCall) {
         self.world.borrow_mut().failing.push(call);
+    }
+
+    /// Moves the host's clock forward.
+    pub fn advance(&mut self, by: Duration) {
+        let mut world = self.world.borrow_mut();
+        world.now_nanos = world.now_nanos.saturating_add(by.as_nanos() as u64);
+    }
+
+    /// The schema a key was declared with through `declare_property`, if it was.
+    pub fn declared(&self, key: &str) -> Option<Vec<u8>> {
+        self.world.borrow().declared.get(key).cloned()
     }
 
     /// Every host call succeeds again.
@@ -557,6 +617,10 @@ impl FakeEnvoy {
             state.closed = true;
         }
         if let Some(mut connection) = self.connections.remove(&id) {
+            for (context, stream) in &mut connection.streams {
+                self.world.borrow_mut().effective = Some(*context);
+                stream.on_downstream_close();
+            }
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
                 stream.on_log();
