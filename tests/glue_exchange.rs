@@ -33,7 +33,12 @@ fn request_response(mesh: &mut Mesh) -> Link {
 
 #[test]
 fn client_first_both_sides_learn_and_no_application_byte_changes() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    client_first_both_sides_learn_and_no_application_byte_changes_in(false);
+    client_first_both_sides_learn_and_no_application_byte_changes_in(true);
+}
+
+fn client_first_both_sides_learn_and_no_application_byte_changes_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     let mut link = request_response(&mut mesh);
     assert_eq!(
         link.backend_received, b"world\n",
@@ -76,7 +81,12 @@ fn client_first_both_sides_learn_and_no_application_byte_changes() {
 
 #[test]
 fn server_first_protocol_in_expect_mode() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    server_first_protocol_in_expect_mode_in(false);
+    server_first_protocol_in_expect_mode_in(true);
+}
+
+fn server_first_protocol_in_expect_mode_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     let mut link = mesh.connect();
     // The backend greets first: the server's frame rides on the greeting.
     mesh.backend_sends(&mut link, b"220 ready\r\n", false);
@@ -127,8 +137,14 @@ fn a_frame_in_one_byte_pieces_is_held_then_stripped() {
 
 #[test]
 fn gate_closed_for_a_non_mesh_endpoint() {
+    gate_closed_for_a_non_mesh_endpoint_in(false);
+    gate_closed_for_a_non_mesh_endpoint_in(true);
+}
+
+fn gate_closed_for_a_non_mesh_endpoint_in(combined: bool) {
     // A non-mesh endpoint: the server side has no exchange filter.
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .mesh_endpoint(false)
         .server_exchange(None)
         .build()
@@ -170,7 +186,13 @@ fn expect_mode_without_a_frame_counts_logs_and_passes_bytes() {
 
 #[test]
 fn detect_mode_leaves_a_plaintext_client_alone() {
+    detect_mode_leaves_a_plaintext_client_alone_in(false);
+    detect_mode_leaves_a_plaintext_client_alone_in(true);
+}
+
+fn detect_mode_leaves_a_plaintext_client_alone_in(combined: bool) {
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .client_exchange(None)
         .server_exchange(Some(r#"{"side": "server", "server_mode": "detect"}"#))
         .mtls(false)
@@ -241,7 +263,13 @@ fn too_large_and_malformed_frames() {
 
 #[test]
 fn mtls_only_ignores_a_plaintext_peer() {
+    mtls_only_ignores_a_plaintext_peer_in(false);
+    mtls_only_ignores_a_plaintext_peer_in(true);
+}
+
+fn mtls_only_ignores_a_plaintext_peer_in(combined: bool) {
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .server_exchange(Some(r#"{"side": "server", "trust": "mtls_only"}"#))
         .mtls(false)
         .build()
@@ -259,6 +287,7 @@ fn mtls_only_ignores_a_plaintext_peer() {
     assert_eq!(mesh.server.logged(LogLevel::Warn, "mtls_only"), 1);
     // Over mutual TLS the same peer is accepted.
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .server_exchange(Some(r#"{"side": "server", "trust": "mtls_only"}"#))
         .build()
         .unwrap();

@@ -1,18 +1,20 @@
 //! One root type for the whole module: `on_configure` reads `plugin_root_id` and becomes the
-//! exchange filter or the stats filter. proxy-wasm's Rust SDK registers a single root factory,
+//! exchange filter, the stats filter or the combined filter. proxy-wasm's Rust SDK registers a single root factory,
 //! so the choice by `root_id` is made here; the streams it creates are of the chosen filter.
 
 use crate::host::{Action, Buffer, Host};
 use crate::host_log;
-use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 
 use super::exchange::{ExchangeRoot, ExchangeStream};
 use super::stats::{StatsRoot, StatsStream};
+use super::telemetry::{TelemetryRoot, TelemetryStream};
 
 enum Filter<H: Host> {
     Unconfigured,
     Exchange(ExchangeRoot<H>),
     Stats(StatsRoot<H>),
+    Telemetry(TelemetryRoot<H>),
 }
 
 /// A plugin's root context.
@@ -27,6 +29,7 @@ pub enum Stream<H: Host> {
     PassThrough,
     Exchange(ExchangeStream<H>),
     Stats(StatsStream<H>),
+    Telemetry(TelemetryStream<H>),
 }
 
 impl<H: Host + Clone> Dispatch<H> {
@@ -61,9 +64,11 @@ impl<H: Host + Clone> Dispatch<H> {
         self.filter = match root_id.as_str() {
             EXCHANGE_ROOT_ID => Filter::Exchange(ExchangeRoot::configure(host, &config)?),
             STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(host, &config)?),
+            TELEMETRY_ROOT_ID => Filter::Telemetry(TelemetryRoot::configure(host, &config)?),
             other => {
                 return Err(format!(
-                    "unknown root_id {other:?}: use {EXCHANGE_ROOT_ID:?} or {STATS_ROOT_ID:?}"
+                    "unknown root_id {other:?}: use {TELEMETRY_ROOT_ID:?}, {EXCHANGE_ROOT_ID:?} \
+                     or {STATS_ROOT_ID:?}"
                 ))
             }
         };
@@ -71,8 +76,10 @@ impl<H: Host + Clone> Dispatch<H> {
     }
 
     pub fn on_tick(&mut self) {
-        if let Filter::Stats(stats) = &mut self.filter {
-            stats.on_tick();
+        match &mut self.filter {
+            Filter::Stats(stats) => stats.on_tick(),
+            Filter::Telemetry(telemetry) => telemetry.on_tick(),
+            Filter::Exchange(_) | Filter::Unconfigured => {}
         }
     }
 
@@ -80,6 +87,7 @@ impl<H: Host + Clone> Dispatch<H> {
         match &self.filter {
             Filter::Exchange(root) => Stream::Exchange(root.create_stream()),
             Filter::Stats(root) => Stream::Stats(root.create_stream(context_id)),
+            Filter::Telemetry(root) => Stream::Telemetry(root.create_stream(context_id)),
             Filter::Unconfigured => Stream::PassThrough,
         }
     }
@@ -91,6 +99,7 @@ impl<H: Host> Stream<H> {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_downstream_data(data_size, end_of_stream),
             Stream::Stats(s) => s.on_downstream_data(data_size),
+            Stream::Telemetry(s) => s.on_downstream_data(data_size, end_of_stream),
         }
     }
 
@@ -99,6 +108,7 @@ impl<H: Host> Stream<H> {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_upstream_data(data_size, end_of_stream),
             Stream::Stats(s) => s.on_upstream_data(data_size),
+            Stream::Telemetry(s) => s.on_upstream_data(data_size, end_of_stream),
         }
     }
 
@@ -107,8 +117,10 @@ impl<H: Host> Stream<H> {
 
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {
-        if let Stream::Stats(s) = self {
-            s.on_log();
+        match self {
+            Stream::Stats(s) => s.on_log(),
+            Stream::Telemetry(s) => s.on_log(),
+            Stream::Exchange(_) | Stream::PassThrough => {}
         }
     }
 }

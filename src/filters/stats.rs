@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use crate::host::{Action, Counter, Host};
 use crate::host_log;
+use crate::logic::handover::PeerDecision;
 use crate::logic::peer::PeerSlot;
 use crate::logic::stats::inputs::{self, paths, LabelInputs};
 use crate::logic::stats::series::Handles;
@@ -36,6 +37,15 @@ struct Connection {
     /// Counter handles for each value, fixed when opened is emitted.
     handles: Handles<Counter>,
     reporter: Option<Reporter>,
+    peer: PeerSource,
+}
+
+/// Where a connection learns its peer.
+enum PeerSource {
+    /// The exchange filter's filter state, polled (the separate `istio_tcp_stats` filter).
+    FilterState,
+    /// Handed over in memory by the combined filter; `None` until the exchange decides.
+    HandedOver(Option<PeerDecision>),
 }
 
 /// The live connections of one worker by context id: each stream's own entry, and what the
@@ -51,6 +61,11 @@ pub struct StatsRoot<H: Host> {
 impl<H: Host + Clone> StatsRoot<H> {
     pub fn configure(host: H, config: &[u8]) -> Result<Self, String> {
         let config = StatsConfig::parse(config).map_err(|e| e.to_string())?;
+        Self::with_config(host, config)
+    }
+
+    /// A root for a parsed configuration (the combined filter parses its own).
+    pub fn with_config(host: H, config: StatsConfig) -> Result<Self, String> {
         host.set_tick_period(config.tcp_reporting_duration)
             .map_err(|e| format!("setting the reporting tick failed: {e}"))?;
         let folded = host.define_counter(FOLDED_SERIES_METRIC).ok();
@@ -85,12 +100,22 @@ impl<H: Host + Clone> StatsRoot<H> {
     }
 
     pub fn create_stream(&self, context_id: u32) -> StatsStream<H> {
+        self.stream(context_id, PeerSource::FilterState)
+    }
+
+    /// A stream whose peer the combined filter hands over ([`StatsStream::hand_over`]).
+    pub fn create_handed_stream(&self, context_id: u32) -> StatsStream<H> {
+        self.stream(context_id, PeerSource::HandedOver(None))
+    }
+
+    fn stream(&self, context_id: u32, peer: PeerSource) -> StatsStream<H> {
         self.live.borrow_mut().insert(
             context_id,
             Connection {
                 stats: ConnectionStats::default(),
                 handles: Vec::new(),
                 reporter: self.shared.config.reporter,
+                peer,
             },
         );
         StatsStream {
@@ -118,6 +143,15 @@ impl<H: Host> StatsStream<H> {
         self.on_data(|stats| stats.add_sent(data_size))
     }
 
+    /// The exchange's decision, from the combined filter (ignored by a filter-state stream).
+    pub fn hand_over(&self, decision: PeerDecision) {
+        if let Some(connection) = self.live.borrow_mut().get_mut(&self.context_id) {
+            if let PeerSource::HandedOver(slot) = &mut connection.peer {
+                *slot = Some(decision);
+            }
+        }
+    }
+
     fn on_data(&mut self, count: impl FnOnce(&mut ConnectionStats)) -> Action {
         let mut live = self.live.borrow_mut();
         if let Some(connection) = live.get_mut(&self.context_id) {
@@ -141,12 +175,14 @@ fn step(host: &impl Host, shared: &Shared, connection: &mut Connection, moment: 
         stats,
         handles,
         reporter,
+        peer,
     } = connection;
-    let report = stats.step(moment, || {
-        peer_decided(host, reporter_or_read(reporter, host))
+    let report = stats.step(moment, || match peer {
+        PeerSource::FilterState => peer_decided(host, reporter_or_read(reporter, host)),
+        PeerSource::HandedOver(decision) => decision.is_some(),
     });
     if report.labels_needed {
-        *handles = handles_of(host, shared, reporter_or_read(reporter, host));
+        *handles = handles_of(host, shared, reporter_or_read(reporter, host), peer);
     }
     for emission in report.emissions {
         let (kind, amount) = emission.value();
@@ -177,8 +213,13 @@ fn peer_decided(host: &impl Host, reporter: Reporter) -> bool {
 }
 
 /// The counter handles of a connection: from the cache when its label inputs were seen before.
-fn handles_of(host: &impl Host, shared: &Shared, reporter: Reporter) -> Handles<Counter> {
-    let inputs = read_inputs(host, reporter);
+fn handles_of(
+    host: &impl Host,
+    shared: &Shared,
+    reporter: Reporter,
+    peer: &PeerSource,
+) -> Handles<Counter> {
+    let inputs = read_inputs(host, reporter, peer);
     let key = inputs.key();
     if let Some(handles) = shared.book.borrow().cached(&key) {
         return handles;
@@ -203,9 +244,16 @@ fn handles_of(host: &impl Host, shared: &Shared, reporter: Reporter) -> Handles<
 }
 
 /// The properties the labels come from, as the host returns them.
-fn read_inputs(host: &impl Host, reporter: Reporter) -> LabelInputs {
+fn read_inputs(host: &impl Host, reporter: Reporter, source: &PeerSource) -> LabelInputs {
     let read = |path: &[&str]| host.property(path).ok().flatten();
-    let peer = read(&[PeerSlot::of_reporter(reporter).peer_key()]);
+    let (peer, handed_peer) = match source {
+        PeerSource::FilterState => (read(&[PeerSlot::of_reporter(reporter).peer_key()]), None),
+        PeerSource::HandedOver(Some(PeerDecision::Found(p))) => (
+            p.peer_bytes().map(<[u8]>::to_vec),
+            Some(std::rc::Rc::clone(p)),
+        ),
+        PeerSource::HandedOver(_) => (None, None),
+    };
     let upstream_host = if inputs::wants_upstream_host(reporter, peer.as_deref()) {
         upstream_host(host)
     } else {
@@ -216,6 +264,7 @@ fn read_inputs(host: &impl Host, reporter: Reporter) -> LabelInputs {
     LabelInputs {
         reporter: Some(reporter),
         peer,
+        handed_peer,
         upstream_host,
         peer_principal: san(paths::PEER_SAN),
         local_principal: san(paths::LOCAL_SAN),
