@@ -27,7 +27,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen bench envoy tools lint check test fuzz-smoke fuzz adversarial run prometheus clean distclean
+.PHONY: help wasm-target build binaryen noop bench envoy tools lint check test fuzz-smoke fuzz adversarial run prometheus clean distclean
 
 help: ## List the targets
 	@echo "Targets:"
@@ -122,7 +122,14 @@ adversarial: build envoy tools ## The adversarial end-to-end suite at 10^4 conne
 
 # The benchmark needs more open files than the default soft limit: each of the 10k held
 # connections costs each Envoy two descriptors, so the soft limit is raised to the hard one.
-bench: build envoy tools ## Benchmark: tcp_proxy alone vs + both filters, side by side (docs/BENCHMARKS.md)
+# Variant F's do-nothing filter (benches/noop_filter), built and shrunk like the shipped module.
+noop: wasm-target binaryen ## Build the bench's do-nothing Wasm filter (variant F)
+	cargo build --release --target $(WASM_TARGET) -p noop-filter
+	wasm-opt $(WASM_OPT_FLAGS) "$(WASM_OUT)/deps/noop_filter.wasm" -o "$(WASM_OUT)/noop_filter.oz.wasm"
+	@rm -f "$(WASM_OUT)/noop_filter.wasm"
+	@cp "$(WASM_OUT)/noop_filter.oz.wasm" "$(WASM_OUT)/noop_filter.wasm"
+
+bench: build noop envoy tools ## Benchmark: tcp_proxy alone (A), a do-nothing Wasm filter (F), ours (B), side by side
 	ulimit -Sn "$$(ulimit -Hn)" || true; \
 	BENCH_COMMAND="make bench" cargo bench --bench tcp_bench
 
