@@ -44,6 +44,15 @@ impl Counter {
             Counter::MetadataAdded => "metadata_added",
         }
     }
+
+    /// The name given to Envoy: `envoy_<stat_prefix>.<counter>`. Envoy files Wasm metrics under
+    /// `wasmcustom.` and prints them in Prometheus without that namespace and without the
+    /// `envoy_` every native stat gets; Istio's native filter is a native stat
+    /// (`<stat_prefix>.<counter>`, so `envoy_metadata_exchange_alpn_protocol_found`). Adding the
+    /// `envoy_` here gives the same Prometheus name, so Istio's dashboards and alerts work.
+    pub fn stat_name(self, stat_prefix: &str) -> String {
+        format!("envoy_{stat_prefix}.{}", self.name())
+    }
 }
 
 /// Why the peer is decidedly unknown.

@@ -291,3 +291,15 @@ fn empty_outgoing_chunks_do_not_carry_the_frame() {
     assert!(s.outgoing.delivered.is_empty());
     assert_eq!(s.count(Counter::MetadataAdded), 0);
 }
+
+#[test]
+fn counter_stat_names_get_envoys_prefix_like_a_native_stat() {
+    assert_eq!(
+        Counter::AlpnProtocolFound.stat_name("metadata_exchange"),
+        "envoy_metadata_exchange.alpn_protocol_found"
+    );
+    assert_eq!(
+        Counter::MetadataAdded.stat_name("mx.outbound"),
+        "envoy_mx.outbound.metadata_added"
+    );
+}

@@ -46,7 +46,7 @@ impl ExchangeRoot {
         );
         let mut counters = [None; Counter::ALL.len()];
         for (slot, counter) in counters.iter_mut().zip(Counter::ALL) {
-            let name = format!("{}.{}", config.stat_prefix, counter.name());
+            let name = counter.stat_name(&config.stat_prefix);
             *slot = host::define_counter(&name)
                 .map_err(|e| log::warn!("defining counter {name} failed: {e}"))
                 .ok();
