@@ -1,0 +1,166 @@
+//! No byte of a peer that does not speak the exchange is ever altered, and such peers cannot
+//! flood the log: end to end in real Envoy.
+//!
+//! - Detect mode removes only a provable frame: a valid header whose payload is not a protobuf
+//!   `Any` passes untouched, header included (`peer_not_found`).
+//! - Expect mode never answers a client whose first bytes showed no frame (a TLS client that
+//!   offers ALPN `istio-peer-exchange` but runs no exchange filter).
+//! - The mTLS client template offers the ALPN only on its mutual-TLS match: a `tlsMode`
+//!   `disabled` endpoint is reached in plaintext, on the server's detect chain.
+//! - Whatever a non-mesh client (detect chain) or a non-mesh server (client side) sends, at most
+//!   one warning per minute; the counters count every case.
+
+mod hostile;
+mod mesh;
+mod support;
+
+use std::time::Duration;
+
+use hostile::{frame_with_payload, header, send_pause_close};
+use mesh::{request_reply, Mesh, MeshOptions};
+use support::{echo_server, prefix_server, wait_for_lines, Envoy};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PAUSE: Duration = Duration::from_millis(200);
+
+fn mx(envoy: &Envoy, counter: &str) -> u64 {
+    envoy
+        .counter(&format!("wasmcustom.envoy_metadata_exchange.{counter}"))
+        .unwrap_or(0)
+}
+
+/// Once `total` "no peer metadata" lines (any level: the sidecars log at debug here) are in
+/// the log, how many of them are warnings.
+fn peer_warnings(envoy: &Envoy, total: usize) -> usize {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let log = envoy.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("no peer metadata"))
+            .collect();
+        if lines.len() >= total {
+            return lines.iter().filter(|l| l.contains("[warning]")).count();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{total} 'no peer metadata' lines: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn detect_mode_passes_a_lookalike_frame_untouched() {
+    let backend = echo_server();
+    let mesh = Mesh::start("nm-lookalike", backend.port(), &MeshOptions::default());
+    // A valid header, then 4 bytes that are not a protobuf message (field 31, wire type 7).
+    let mut bytes = frame_with_payload(&[0xFF; 4]);
+    bytes.extend_from_slice(b"application");
+    let back = send_pause_close(mesh.server_port, &bytes, PAUSE);
+    assert_eq!(
+        back, bytes,
+        "every byte back, header included, and no frame"
+    );
+    let server = mesh.server();
+    assert_eq!(mx(server, "alpn_protocol_not_found"), 1);
+    assert_eq!(mx(server, "alpn_protocol_found"), 0);
+    let line = &wait_for_lines(&mesh.server_access_log, 1, WAIT)[0];
+    assert!(line.starts_with("peer_id=- not_found=true "), "{line}");
+}
+
+#[test]
+fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
+    // The client sidecar offers ALPN istio-peer-exchange (mTLS template) but sends no frame.
+    let backend = prefix_server(b"hello ");
+    let opts = MeshOptions {
+        mtls: true,
+        client_exchange: r#"{"side":"client","client_gate":"never"}"#.into(),
+        ..Default::default()
+    };
+    let mesh = Mesh::start("nm-expect-silent", backend.port(), &opts);
+    for _ in 0..3 {
+        assert_eq!(
+            request_reply(mesh.client_port, b"world\n", 12),
+            b"hello world\n",
+            "the application gets no frame"
+        );
+    }
+    let server = mesh.server();
+    server.wait_for_counter("tcp.inbound_mtls.downstream_cx_total", 3, WAIT);
+    assert_eq!(mx(server, "metadata_added"), 0);
+    assert_eq!(mx(server, "initial_header_not_found"), 3);
+}
+
+#[test]
+fn mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint() {
+    let backend = prefix_server(b"hello ");
+    let opts = MeshOptions {
+        mtls: true,
+        tls_mode: "disabled",
+        ..Default::default()
+    };
+    let mesh = Mesh::start("nm-tls-disabled", backend.port(), &opts);
+    for _ in 0..2 {
+        assert_eq!(
+            request_reply(mesh.client_port, b"world\n", 12),
+            b"hello world\n"
+        );
+    }
+    let server = mesh.server();
+    server.wait_for_counter("tcp.inbound_plaintext.downstream_cx_total", 2, WAIT);
+    assert_eq!(
+        server.counter("tcp.inbound_mtls.downstream_cx_total"),
+        Some(0)
+    );
+    assert_eq!(mx(server, "metadata_added"), 0);
+}
+
+#[test]
+fn untrusted_peers_cannot_flood_the_log() {
+    // Non-mesh clients on the detect chain: over-cap lengths, truncated frames, lookalikes.
+    let backend = echo_server();
+    let opts = MeshOptions {
+        log_level: Some("debug"),
+        ..Default::default()
+    };
+    let mesh = Mesh::start("nm-flood", backend.port(), &opts);
+    let mut truncated = header(100);
+    truncated.extend_from_slice(&[7; 10]);
+    let streams = [
+        [header(u32::MAX), b"data".to_vec()].concat(),
+        truncated,
+        frame_with_payload(&[0xFF; 4]),
+    ];
+    for _ in 0..4 {
+        for bytes in &streams {
+            assert_eq!(&send_pause_close(mesh.server_port, bytes, PAUSE), bytes);
+        }
+    }
+    let server = mesh.server();
+    assert_eq!(
+        mx(server, "alpn_protocol_not_found") + mx(server, "alpn_protocol_found"),
+        12
+    );
+    assert_eq!(peer_warnings(server, 12), 0, "warnings on the detect chain");
+
+    // A client sidecar that sends its frame to a server that is not a mesh peer.
+    let backend = prefix_server(b"hello ");
+    let opts = MeshOptions {
+        without_server_sidecar: true,
+        client_exchange: r#"{"side":"client","client_gate":"always"}"#.into(),
+        log_level: Some("debug"),
+        ..Default::default()
+    };
+    let mesh = Mesh::start("nm-flood-client", backend.port(), &opts);
+    for _ in 0..10 {
+        let reply = request_reply(mesh.client_port, b"world\n", 6);
+        assert!(reply.starts_with(b"hello "), "{reply:?}");
+    }
+    assert_eq!(mx(&mesh.client, "initial_header_not_found"), 10);
+    assert_eq!(
+        peer_warnings(&mesh.client, 10),
+        1,
+        "one warning, the rest at debug"
+    );
+}
