@@ -164,3 +164,39 @@ fn untrusted_peers_cannot_flood_the_log() {
         "one warning, the rest at debug"
     );
 }
+
+/// Envoy's behaviour, documented in the README: on a listener with `tls_inspector` (needed to
+/// choose the ALPN chain), a plaintext client whose first write is shorter than 5 bytes waits
+/// for `listener_filters_timeout` (1 s in `envoy/sidecar-server.yaml`) before a chain is chosen;
+/// Envoy counts it in `listener.<stat_prefix>.downstream_pre_cx_timeout`. 5 bytes or more do not.
+#[test]
+fn short_first_write_waits_for_the_listener_filter_timeout() {
+    use std::io::{Read, Write};
+    let backend = echo_server();
+    let mesh = Mesh::start("nm-short-write", backend.port(), &MeshOptions::default());
+    let server = mesh.server();
+    let timeouts = || {
+        server
+            .counter("listener.inbound.downstream_pre_cx_timeout")
+            .unwrap_or(0)
+    };
+    let echo = |bytes: &[u8]| {
+        let start = std::time::Instant::now();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", mesh.server_port)).unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.write_all(bytes).unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(back, bytes);
+        start.elapsed()
+    };
+    let long = echo(b"PING\r\n");
+    assert_eq!(timeouts(), 0, "6 bytes: the inspector decides at once");
+    let short = echo(b"PI\n");
+    assert_eq!(
+        timeouts(),
+        1,
+        "3 bytes: the listener-filter timeout chose the chain"
+    );
+    println!("first echo after a 6-byte write: {long:?}; after a 3-byte write: {short:?}");
+}

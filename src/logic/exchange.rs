@@ -11,7 +11,7 @@
 //! (inbound listener) outgoing is the upstream direction. The glue maps directions; this module
 //! decides. Invariant (fuzzed): the bytes delivered equal the bytes received minus exactly one
 //! stripped frame, which is the whole of a frame that had the magic, a length under the cap and
-//! all its payload.
+//! all its payload (in detect mode, a payload that parses as a protobuf `Any`).
 
 use super::exchange_config::{ClientGate, Role};
 use super::frame::{Decoded, FrameDecoder, Malformed, PeerFrame, MAGIC_BYTES};
