@@ -200,3 +200,42 @@ fn short_first_write_waits_for_the_listener_filter_timeout() {
     );
     println!("first echo after a 6-byte write: {long:?}; after a 3-byte write: {short:?}");
 }
+
+/// A backend that greets and half-closes before the client spoke: the peer is not decided by
+/// that (only the connection's close decides it), so the client's frame that follows is still
+/// removed and the backend receives only the application's bytes.
+#[test]
+fn a_backend_half_close_does_not_stop_frame_stripping() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let backend = support::Backend::spawn(move |mut conn: TcpStream| {
+        conn.write_all(b"bye\n")?;
+        conn.shutdown(Shutdown::Write)?;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got)?;
+        seen.lock().unwrap().push(got);
+        Ok(())
+    });
+    let mesh = Mesh::start("nm-half-close", backend.port(), &MeshOptions::default());
+    let mut conn = TcpStream::connect(("127.0.0.1", mesh.server_port)).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut greeting = Vec::new();
+    conn.read_to_end(&mut greeting).unwrap();
+    assert_eq!(
+        greeting, b"bye\n",
+        "the greeting and the backend's end of stream"
+    );
+    let frame = hostile::claimed_frame(&[("WORKLOAD_NAME", "ratings-v2")], "client-id");
+    conn.write_all(&[&frame[..], b"app"].concat()).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while received.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "backend got nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(*received.lock().unwrap(), vec![b"app".to_vec()]);
+    let line = &wait_for_lines(&mesh.server_access_log, 1, WAIT)[0];
+    assert!(line.starts_with("peer_id=client-id not_found=- "), "{line}");
+}

@@ -124,11 +124,10 @@ impl StreamContext for ExchangeStream {
         }
     }
 
+    /// The connection closed (Envoy's close event, not a half-close). `on_upstream_close` is not
+    /// used: Envoy calls it on the upstream's end of stream, after which the client may still
+    /// send its frame, which must then still be stripped.
     fn on_downstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
-        self.close();
-    }
-
-    fn on_upstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
         self.close();
     }
 }
@@ -154,8 +153,8 @@ impl ExchangeStream {
         self.apply_events(events);
     }
 
-    /// Either side closed: a peer still undecided is `peer_not_found` (before tcp_proxy's access
-    /// log runs, so the log agrees with the stats' `unknown` peer).
+    /// The connection closed: a peer still undecided is `peer_not_found` (before tcp_proxy's
+    /// access log runs, so the log agrees with the stats' `unknown` peer).
     fn close(&mut self) {
         let events = self.exchange.on_close();
         self.apply_events(events);
