@@ -27,7 +27,7 @@ fn each_root_id_becomes_its_filter() {
         vec![Some(std::time::Duration::from_secs(2)), None],
         "only the stats root ticks"
     );
-    assert!(e.counter("mx.metadata_added").is_some());
+    assert!(e.counter("envoy_mx.metadata_added").is_some());
     assert!(e.counter("istio_tcp_stats_series_folded_total").is_some());
     let c = e.connect(l, &[]);
     e.downstream(c, b"abc", false);

@@ -103,7 +103,11 @@ impl<H: Host> Stream<H> {
     }
 
     /// The connection closed (Envoy's close event, not a half-close).
-    pub fn on_downstream_close(&mut self) {}
+    pub fn on_downstream_close(&mut self) {
+        if let Stream::Exchange(s) = self {
+            s.on_downstream_close();
+        }
+    }
 
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {
