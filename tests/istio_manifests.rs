@@ -469,3 +469,201 @@ fn readme_stats_settings_give_clean_istio_metrics() {
     );
     assert!(lines.is_empty(), "{lines:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tests: placement in Istio's chains, scope, gateways
+
+/// The label the shipped resources select on; gateways never carry it.
+const SCOPE_LABEL: (&str, &str) = ("istio-tcp-telemetry", "enabled");
+
+fn root_ids(chain: &[Value]) -> Vec<String> {
+    chain
+        .iter()
+        .map(|f| {
+            f["typed_config"]["config"]["root_id"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| f["name"].as_str().unwrap_or("?").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn envoyfilters_put_the_inbound_exchange_ahead_of_mongo_and_mysql_proxy() {
+    use istio::shapes::{network_filter_stack, PortProtocol};
+    let hcm = json!({ "name": "envoy.filters.network.http_connection_manager" });
+    for m in manifests() {
+        if !m.docs.iter().any(|d| d["kind"] == "EnvoyFilter") {
+            continue;
+        }
+        for (proto, pf) in [
+            (
+                PortProtocol::Mongo,
+                Some("envoy.filters.network.mongo_proxy"),
+            ),
+            (
+                PortProtocol::MySql,
+                Some("envoy.filters.network.mysql_proxy"),
+            ),
+            (PortProtocol::Tcp, None),
+        ] {
+            let mut inbound = vec![network_filter_stack(proto, "inbound|27017||")];
+            apply_envoyfilters(&m, "SIDECAR_INBOUND", &mut inbound).unwrap();
+            let mut outbound = vec![network_filter_stack(proto, "outbound|27017||mongodb")];
+            apply_envoyfilters(&m, "SIDECAR_OUTBOUND", &mut outbound).unwrap();
+            let mut want_in = vec![EXCHANGE.to_string()];
+            let mut want_out = Vec::new();
+            if let Some(pf) = pf {
+                want_in.push(pf.to_string());
+                want_out.push(pf.to_string());
+            }
+            want_in.extend([STATS.to_string(), TCP_PROXY.to_string()]);
+            want_out.extend([
+                STATS.to_string(),
+                EXCHANGE.to_string(),
+                TCP_PROXY.to_string(),
+            ]);
+            assert_eq!(
+                root_ids(&inbound[0]),
+                want_in,
+                "{} inbound {proto:?}",
+                m.file
+            );
+            assert_eq!(
+                root_ids(&outbound[0]),
+                want_out,
+                "{} outbound {proto:?}",
+                m.file
+            );
+        }
+        // An HTTP chain: INSERT_FIRST puts the exchange (detect mode) in front of the HCM, the
+        // stats filter (INSERT_BEFORE tcp_proxy) stays away; outbound HTTP gets nothing.
+        let mut http = vec![vec![hcm.clone()]];
+        apply_envoyfilters(&m, "SIDECAR_INBOUND", &mut http).unwrap();
+        assert_eq!(
+            root_ids(&http[0]),
+            [EXCHANGE, "envoy.filters.network.http_connection_manager"],
+            "{}",
+            m.file
+        );
+        let mut http = vec![vec![hcm.clone()]];
+        apply_envoyfilters(&m, "SIDECAR_OUTBOUND", &mut http).unwrap();
+        assert_eq!(http[0].len(), 1, "{}", m.file);
+    }
+}
+
+#[test]
+fn every_resource_is_scoped_to_labelled_sidecars() {
+    let selects = |labels: &Value| labels[SCOPE_LABEL.0] == SCOPE_LABEL.1;
+    // Labels of Istio's gateway deployments (ingress, egress, east-west) and of a workload
+    // without the module.
+    let unselected = [
+        json!({ "istio": "ingressgateway", "app": "istio-ingressgateway" }),
+        json!({ "istio": "egressgateway", "app": "istio-egressgateway" }),
+        json!({ "istio": "eastwestgateway", "topology.istio.io/network": "network2" }),
+        json!({ "app": "reviews", "version": "v1" }),
+    ];
+    let mut seen = 0;
+    for m in manifests() {
+        for doc in &m.docs {
+            let name = format!("{} {}", m.file, doc["metadata"]["name"]);
+            let labels = match doc["kind"].as_str() {
+                Some("EnvoyFilter") => &doc["spec"]["workloadSelector"]["labels"],
+                Some("WasmPlugin") => {
+                    let matches = doc["spec"]["match"].as_array().expect(&name);
+                    for x in matches {
+                        let ports = x["ports"].as_array().map(Vec::len).unwrap_or(0);
+                        assert!(ports > 0, "{name}: match without ports reaches HTTP chains");
+                        assert!(x["mode"] == "SERVER" || x["mode"] == "CLIENT", "{name}");
+                    }
+                    &doc["spec"]["selector"]["matchLabels"]
+                }
+                other => panic!("{name}: unexpected kind {other:?}"),
+            };
+            assert!(selects(labels), "{name}: not scoped by {SCOPE_LABEL:?}");
+            for pod in &unselected {
+                let all = labels
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| pod[k] == *v);
+                assert!(!all, "{name} selects {pod}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 9, "{seen} resources");
+}
+
+/// The WasmPlugin client chain (what an unscoped root-namespace plugin would put on a gateway)
+/// in an Envoy whose node id is `node_id`, in front of a recording backend; returns what the
+/// backend received for `payload` and the Envoy log.
+fn client_chain_on_node(node_id: &str, payload: &[u8]) -> (Vec<u8>, String) {
+    use istio::shapes;
+    use std::sync::{Arc, Mutex};
+    let chain = all_chains()
+        .into_iter()
+        .find(|c| c.origin.starts_with(EXPECTED_FILES[2]) && c.direction == Direction::Outbound)
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    let backend = Backend::spawn(move |mut conn| {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return conn.shutdown(std::net::Shutdown::Write);
+            }
+            got2.lock().unwrap().extend_from_slice(&buf[..n]);
+            conn.write_all(&buf[..n])?;
+        }
+    });
+    let mut filters = chain.filters.clone();
+    filters.extend(shapes::network_filter_stack(
+        shapes::PortProtocol::Tcp,
+        "outbound|27017||mongodb.default.svc.cluster.local",
+    ));
+    let port = free_port();
+    let cfg = shapes::sidecar_bootstrap(
+        node_id,
+        RATINGS_NODE_METADATA,
+        vec![shapes::outbound_listener(port, &filters)],
+        vec![shapes::cluster(
+            "outbound|27017||mongodb.default.svc.cluster.local",
+            backend.port(),
+            Some(MONGODB_ENDPOINT_WORKLOAD),
+            None,
+        )],
+    );
+    let envoy = Envoy::start(
+        "gateway-node",
+        &serde_json::to_string_pretty(&cfg).unwrap(),
+        1,
+    );
+    let echoed = request_until(port, payload, payload);
+    assert!(echoed.ends_with(payload), "{echoed:?}");
+    let received = got.lock().unwrap().clone();
+    (received, envoy.log())
+}
+
+#[test]
+fn on_a_gateway_node_the_module_passes_bytes_and_sends_no_frame() {
+    let payload = b"ingress gateway to mongodb";
+    let gateway =
+        "router~10.0.0.9~istio-ingressgateway-7d9f-x.istio-system~istio-system.svc.cluster.local";
+    let (received, log) = client_chain_on_node(gateway, payload);
+    assert_eq!(
+        received,
+        payload.to_vec(),
+        "a gateway must not send a frame"
+    );
+    assert!(
+        log.matches("is an Istio gateway (router~)").count() >= 2,
+        "both filters log that they stay inert:\n{log}"
+    );
+    // Negative: the same chain on a sidecar node sends its frame ahead of the bytes.
+    let (received, _) = client_chain_on_node(RATINGS_NODE_ID, payload);
+    assert_eq!(&received[..4], &[0x3D, 0x23, 0x04, 0x67], "{received:?}");
+    assert!(received.ends_with(payload));
+}
