@@ -444,4 +444,5 @@ pub fn bootstrap(
 pub fn validate(name: &str, config: &Value) -> Result<(), String> {
     validate_config(name, &serde_json::to_string_pretty(config).unwrap())
 }
+pub mod bootstrap_stats;
 pub mod shapes;
