@@ -251,6 +251,13 @@ fn the_remote_module_is_fetched_checked_and_run_by_a_real_envoy() {
         "the stats filter did not run on_configure:\n{}",
         envoy.log()
     );
+    // VMs: the two filters share vm_id and code, so one base VM plus one per worker (1 here),
+    // the remote code as for a local file.
+    assert_eq!(
+        envoy.counter("wasm.envoy.wasm.runtime.v8.active"),
+        Some(vms_of_chain(EXPECTED_FILES[0], Direction::Outbound)),
+        "remote code shares VMs like a mounted file"
+    );
     drop(envoy);
 
     // Negative: a wrong sha256. Envoy still reports ready, but the filters never load and the
@@ -465,4 +472,32 @@ fn on_a_gateway_node_the_module_passes_bytes_and_sends_no_frame() {
     let (received, _) = client_chain_on_node(RATINGS_NODE_ID, payload);
     assert_eq!(&received[..4], &[0x3D, 0x23, 0x04, 0x67], "{received:?}");
     assert!(received.ends_with(payload));
+}
+
+/// Live V8 VMs of an Envoy (concurrency 1) running `file`'s chain for `direction`.
+fn vms_of_chain(file: &str, direction: Direction) -> u64 {
+    let chain = all_chains()
+        .into_iter()
+        .find(|c| c.origin.starts_with(file) && c.direction == direction)
+        .unwrap();
+    let backend = echo_server();
+    let cfg = bootstrap(&chain.filters, direction, &[], backend.port());
+    let envoy = Envoy::start("vms", &serde_json::to_string_pretty(&cfg).unwrap(), 1);
+    let port = envoy.listener_port("manifest");
+    assert_eq!(client_roundtrip(port, b"ping"), b"ping".to_vec());
+    envoy.counter("wasm.envoy.wasm.runtime.v8.active").unwrap()
+}
+
+#[test]
+fn envoyfilter_filters_share_their_vms_and_each_wasmplugin_has_its_own() {
+    // EnvoyFilter: one vm_id, one code, so both filters of a chain share the VMs. WasmPlugin:
+    // istiod gives each plugin its own ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION and no vm_id,
+    // so each plugin gets its own.
+    let shared = vms_of_chain(EXPECTED_FILES[0], Direction::Outbound);
+    let per_plugin = vms_of_chain(EXPECTED_FILES[2], Direction::Outbound);
+    assert_eq!(
+        per_plugin,
+        2 * shared,
+        "shared {shared}, per plugin {per_plugin}"
+    );
 }

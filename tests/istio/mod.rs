@@ -247,8 +247,11 @@ pub fn wasmplugin_chains(m: &Manifest) -> Result<Vec<Chain>, String> {
             "vm_config": {
                 "runtime": "envoy.wasm.runtime.v8",
                 "code": { "local": { "filename": filename } },
+                // Each WasmPlugin object has its own resourceVersion (extensions.go).
                 "environment_variables": {
-                    "key_values": { "ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1" }
+                    "key_values": {
+                        "ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": (plugins.len() + 1).to_string()
+                    }
                 }
             },
             "configuration": { "@type": STRING_VALUE_TYPE, "value": plugin_config },
