@@ -10,8 +10,11 @@
 //! see `validation_runs_the_modules_on_configure`), so the configurations are checked by the module
 //! itself. A remote (`http_uri`) module is not fetched by `--mode validate`: the remote manifest is
 //! therefore also run in a real Envoy against a local HTTP server, with the right and a wrong
-//! sha256. Last, the Istio stats settings the README gives are tried in an Envoy whose
-//! `stats_config` is built the way Istio's bootstrap template builds it.
+//! sha256. The patches are also applied, as istiod applies them, to the chains istiod builds
+//! for mongo, mysql, TCP and HTTP ports (placement); every resource must be scoped to labelled
+//! sidecars; a gateway node (`router~`) must leave bytes alone; VMs per proxy are counted.
+//! (The stats settings are in `istio_stats_tags.rs`, Mongo/MySQL traffic in
+//! `istio_protocol_ports.rs`, the rollout check in `istio_rollout_check.rs`.)
 //!
 //! Fails (never skips) when Envoy or the module is missing.
 
