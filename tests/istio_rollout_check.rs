@@ -162,4 +162,17 @@ fn the_rollout_check_reads_wasmplugin_filters_delivered_by_ecds() {
     );
     let (code, out) = check(&dir, "ecds-list", &listener_list(&dump));
     assert_eq!(code, 0, "{out}");
+    // Istio 1.24 and 1.25 name the ECDS resources extenstions.istio.io/wasmplugin/… (sic).
+    let text = serde_json::to_string(&listener_list(&dump))
+        .unwrap()
+        .replace(
+            "extensions.istio.io/wasmplugin/",
+            "extenstions.istio.io/wasmplugin/",
+        );
+    let (code, out) = check(&dir, "ecds-1.24", &serde_json::from_str(&text).unwrap());
+    assert_eq!(code, 0, "{out}");
+    // Negative: a listener list whose ECDS filter is someone else's plugin.
+    let text = text.replace("istio-tcp-telemetry-inbound-exchange", "other-plugin");
+    let (code, out) = check(&dir, "ecds-other", &serde_json::from_str(&text).unwrap());
+    assert_eq!(code, 1, "{out}");
 }
