@@ -205,18 +205,18 @@ fn main() {
     // Sanity: B really exchanged metadata and counted connections.
     let found = b
         .server()
-        .counter("wasmcustom.metadata_exchange.alpn_protocol_found")
+        .counter("wasmcustom.envoy_metadata_exchange.alpn_protocol_found")
         .unwrap_or(0);
     let added = b
         .client()
-        .counter("wasmcustom.metadata_exchange.metadata_added")
+        .counter("wasmcustom.envoy_metadata_exchange.metadata_added")
         .unwrap_or(0);
     for floor in [&a, &f] {
         assert!(
             !floor
                 .server()
                 .stats()
-                .contains("wasmcustom.metadata_exchange"),
+                .contains("wasmcustom.envoy_metadata_exchange"),
             "variants A and F must not run the exchange"
         );
     }

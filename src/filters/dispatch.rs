@@ -1,20 +1,30 @@
 //! One root type for the whole module: `on_configure` reads `plugin_root_id` and becomes the
-//! exchange filter, the stats filter or the combined filter. proxy-wasm's Rust SDK registers a single root factory,
-//! so the choice by `root_id` is made here; the streams it creates are of the chosen filter.
+//! combined filter, the exchange filter or the stats filter. proxy-wasm's Rust SDK registers a
+//! single root factory, so the choice by `root_id` is made here; the streams it creates are of
+//! the chosen filter.
 
 use crate::host::{Action, Buffer, Host};
 use crate::host_log;
+use crate::logic::gateway_node::is_gateway_node;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 
+use super::connection_host::ConnectionHost;
 use super::exchange::{ExchangeRoot, ExchangeStream};
+use super::node;
 use super::stats::{StatsRoot, StatsStream};
 use super::telemetry::{TelemetryRoot, TelemetryStream};
 
+/// Every filter runs over [`ConnectionHost`] (the separate ones without its per-connection
+/// cache): one instantiation of the filters' code in the module, not one per host type.
+type On<H> = ConnectionHost<H>;
+
 enum Filter<H: Host> {
     Unconfigured,
-    Exchange(ExchangeRoot<H>),
-    Stats(StatsRoot<H>),
+    Exchange(ExchangeRoot<On<H>>),
+    Stats(StatsRoot<On<H>>),
     Telemetry(TelemetryRoot<H>),
+    /// Configured on an Istio gateway (`router~` node): every stream passes untouched.
+    InertOnGateway,
 }
 
 /// A plugin's root context.
@@ -25,10 +35,10 @@ pub struct Dispatch<H: Host> {
 
 /// A connection's stream context, of the filter its root became.
 pub enum Stream<H: Host> {
-    /// Leaves every byte alone (only for a root whose configuration failed).
+    /// Leaves every byte alone (a root whose configuration failed, or on a gateway).
     PassThrough,
-    Exchange(ExchangeStream<H>),
-    Stats(StatsStream<H>),
+    Exchange(ExchangeStream<On<H>>),
+    Stats(StatsStream<On<H>>),
     Telemetry(TelemetryStream<H>),
 }
 
@@ -60,7 +70,7 @@ impl<H: Host + Clone> Dispatch<H> {
             .host
             .buffer(Buffer::PluginConfiguration, 0, config_size)
             .map_err(|e| format!("reading the plugin configuration failed: {e}"))?;
-        let host = self.host.clone();
+        let host = ConnectionHost::for_root(self.host.clone());
         self.filter = match root_id.as_str() {
             EXCHANGE_ROOT_ID => Filter::Exchange(ExchangeRoot::configure(host, &config)?),
             STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(host, &config)?),
@@ -72,6 +82,18 @@ impl<H: Host + Clone> Dispatch<H> {
                 ))
             }
         };
+        // The configuration is checked first (a bad one is still refused on a gateway).
+        let node_id = node::node_id(&self.host);
+        if is_gateway_node(&node_id) {
+            host_log!(
+                &self.host,
+                Warn,
+                "{root_id}: node {node_id:?} is an Istio gateway (router~): this filter stays \
+                 inert, passing every byte untouched and reporting nothing; scope the resource \
+                 to sidecars"
+            );
+            self.filter = Filter::InertOnGateway;
+        }
         Ok(())
     }
 
@@ -79,7 +101,7 @@ impl<H: Host + Clone> Dispatch<H> {
         match &mut self.filter {
             Filter::Stats(stats) => stats.on_tick(),
             Filter::Telemetry(telemetry) => telemetry.on_tick(),
-            Filter::Exchange(_) | Filter::Unconfigured => {}
+            Filter::Exchange(_) | Filter::Unconfigured | Filter::InertOnGateway => {}
         }
     }
 
@@ -88,7 +110,7 @@ impl<H: Host + Clone> Dispatch<H> {
             Filter::Exchange(root) => Stream::Exchange(root.create_stream()),
             Filter::Stats(root) => Stream::Stats(root.create_stream(context_id)),
             Filter::Telemetry(root) => Stream::Telemetry(root.create_stream(context_id)),
-            Filter::Unconfigured => Stream::PassThrough,
+            Filter::Unconfigured | Filter::InertOnGateway => Stream::PassThrough,
         }
     }
 }
@@ -113,7 +135,13 @@ impl<H: Host> Stream<H> {
     }
 
     /// The connection closed (Envoy's close event, not a half-close).
-    pub fn on_downstream_close(&mut self) {}
+    pub fn on_downstream_close(&mut self) {
+        match self {
+            Stream::Exchange(s) => s.on_downstream_close(),
+            Stream::Telemetry(s) => s.on_downstream_close(),
+            Stream::Stats(_) | Stream::PassThrough => {}
+        }
+    }
 
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod connection_host;
 pub mod dispatch;
 pub mod exchange;
 mod node;

@@ -100,15 +100,16 @@ impl<H: Host + Clone> StatsRoot<H> {
     }
 
     pub fn create_stream(&self, context_id: u32) -> StatsStream<H> {
-        self.stream(context_id, PeerSource::FilterState)
+        self.stream(context_id, PeerSource::FilterState, self.host.clone())
     }
 
-    /// A stream whose peer the combined filter hands over ([`StatsStream::hand_over`]).
-    pub fn create_handed_stream(&self, context_id: u32) -> StatsStream<H> {
-        self.stream(context_id, PeerSource::HandedOver(None))
+    /// A stream whose peer the combined filter hands over ([`StatsStream::hand_over`]), its
+    /// host calls through `host` (the combined filter's per-connection host).
+    pub fn create_handed_stream(&self, context_id: u32, host: H) -> StatsStream<H> {
+        self.stream(context_id, PeerSource::HandedOver(None), host)
     }
 
-    fn stream(&self, context_id: u32, peer: PeerSource) -> StatsStream<H> {
+    fn stream(&self, context_id: u32, peer: PeerSource, host: H) -> StatsStream<H> {
         self.live.borrow_mut().insert(
             context_id,
             Connection {
@@ -119,7 +120,7 @@ impl<H: Host + Clone> StatsRoot<H> {
             },
         );
         StatsStream {
-            host: self.host.clone(),
+            host,
             context_id,
             shared: Rc::clone(&self.shared),
             live: Rc::clone(&self.live),

@@ -12,20 +12,24 @@
 use crate::host::{Action, Host};
 use crate::logic::telemetry::TelemetryConfig;
 
+use super::connection_host::ConnectionHost;
 use super::exchange::{ExchangeRoot, ExchangeStream};
 use super::stats::{StatsRoot, StatsStream};
 
 pub struct TelemetryRoot<H: Host> {
-    exchange: ExchangeRoot<H>,
-    stats: StatsRoot<H>,
+    host: ConnectionHost<H>,
+    exchange: ExchangeRoot<ConnectionHost<H>>,
+    stats: StatsRoot<ConnectionHost<H>>,
 }
 
 impl<H: Host + Clone> TelemetryRoot<H> {
-    pub fn configure(host: H, config: &[u8]) -> Result<Self, String> {
+    /// `host`: a root's (no cache); each connection gets its own from it.
+    pub fn configure(host: ConnectionHost<H>, config: &[u8]) -> Result<Self, String> {
         let config = TelemetryConfig::parse(config).map_err(|e| e.to_string())?;
         Ok(TelemetryRoot {
             exchange: ExchangeRoot::with_config(host.clone(), config.exchange),
-            stats: StatsRoot::with_config(host, config.stats)?,
+            stats: StatsRoot::with_config(host.clone(), config.stats)?,
+            host,
         })
     }
 
@@ -34,20 +38,25 @@ impl<H: Host + Clone> TelemetryRoot<H> {
     }
 
     pub fn create_stream(&self, context_id: u32) -> TelemetryStream<H> {
+        let host = self.host.for_connection();
         TelemetryStream {
-            exchange: self.exchange.create_stream(),
-            stats: self.stats.create_handed_stream(context_id),
+            exchange: self.exchange.create_stream_on(host.clone()),
+            stats: self.stats.create_handed_stream(context_id, host.clone()),
+            host,
         }
     }
 }
 
 pub struct TelemetryStream<H: Host> {
-    exchange: ExchangeStream<H>,
-    stats: StatsStream<H>,
+    /// Shared by both halves: reads both need are made once per connection.
+    host: ConnectionHost<H>,
+    exchange: ExchangeStream<ConnectionHost<H>>,
+    stats: StatsStream<ConnectionHost<H>>,
 }
 
 impl<H: Host> TelemetryStream<H> {
     pub fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.host.data_callback();
         let passed = self.exchange.downstream(data_size, end_of_stream);
         self.hand_over();
         if passed.action == Action::Continue {
@@ -57,12 +66,20 @@ impl<H: Host> TelemetryStream<H> {
     }
 
     pub fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.host.data_callback();
         let passed = self.exchange.upstream(data_size, end_of_stream);
         self.hand_over();
         if passed.action == Action::Continue {
             self.stats.on_upstream_data(passed.app_bytes);
         }
         passed.action
+    }
+
+    /// The connection closed: a peer still undecided becomes `peer_not_found` (the exchange's
+    /// rule), handed to the stats before their close report.
+    pub fn on_downstream_close(&mut self) {
+        self.exchange.on_downstream_close();
+        self.hand_over();
     }
 
     pub fn on_log(&mut self) {

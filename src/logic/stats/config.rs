@@ -56,7 +56,7 @@ impl Default for StatsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStatsConfig {
-    tcp_reporting_duration: Option<serde_json::Value>,
+    tcp_reporting_duration: Option<RawDuration>,
     reporter: Option<Reporter>,
     #[serde(default = "default_max_series")]
     max_series_per_metric: u64,
@@ -141,11 +141,54 @@ impl StatsConfig {
 
 /// `"<n>s"`, `"<n>ms"`, `"<n>m"` (n a decimal such as `15` or `1.5`) or a JSON number of
 /// seconds, within [`MIN_REPORTING_DURATION`]..=[`MAX_REPORTING_DURATION`].
-fn reporting_duration(v: &serde_json::Value) -> Result<Duration, String> {
+/// `tcp_reporting_duration` as written: a string with a unit, or a number of seconds. (A small
+/// visitor of its own rather than `serde_json::Value`, whose map and visitors cost the module
+/// several KB for this one field.)
+#[derive(Debug, Clone, PartialEq)]
+enum RawDuration {
+    Text(String),
+    Seconds(f64),
+}
+
+impl std::fmt::Display for RawDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawDuration::Text(s) => write!(f, "{s:?}"),
+            RawDuration::Seconds(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""<n>s", "<n>ms", "<n>m" or a number of seconds"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v as f64))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn reporting_duration(v: &RawDuration) -> Result<Duration, String> {
     const FORMAT: &str = r#"expected "<n>s", "<n>ms", "<n>m" or a number of seconds"#;
     let secs = match v {
-        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| FORMAT.to_string())?,
-        serde_json::Value::String(s) => {
+        RawDuration::Seconds(n) => *n,
+        RawDuration::Text(s) => {
             let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
                 (n, 0.001)
             } else if let Some(n) = s.strip_suffix('s') {
@@ -165,7 +208,6 @@ fn reporting_duration(v: &serde_json::Value) -> Result<Duration, String> {
             };
             n * scale
         }
-        other => return Err(format!("{FORMAT}, got {other}")),
     };
     let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("{v} is not a duration"))?;
     if d < MIN_REPORTING_DURATION {
