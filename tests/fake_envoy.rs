@@ -100,9 +100,9 @@ fn one_stat_per_name_and_a_half_close_passes_on() {
 /// `action` (end of stream included); records what it saw.
 struct Scripted {
     host: FakeHost,
-    edit: Option<(usize, usize, &'static [u8])>,
+    edit: Option<Edit>,
     action: Action,
-    seen: Rc<RefCell<Vec<(usize, bool, Result<(), HostError>)>>>,
+    seen: Seen,
 }
 
 impl StreamFilter for Scripted {
@@ -124,9 +124,12 @@ impl StreamFilter for Scripted {
     }
 }
 
+/// Each callback's data size, end of stream, and the edit's result.
 type Seen = Rc<RefCell<Vec<(usize, bool, Result<(), HostError>)>>>;
+/// A `set_buffer(start, len, value)` call.
+type Edit = (usize, usize, &'static [u8]);
 
-fn scripted(edit: Option<(usize, usize, &'static [u8])>, action: Action) -> (FakeEnvoy, u32, Seen) {
+fn scripted(edit: Option<Edit>, action: Action) -> (FakeEnvoy, u32, Seen) {
     let seen: Seen = Rc::default();
     let mut e = FakeEnvoy::new("sidecar~t", None);
     let record = Rc::clone(&seen);
@@ -163,7 +166,7 @@ fn a_paused_buffer_accumulates_and_pausing_at_end_of_stream_loses_it() {
 
 #[test]
 fn buffer_edits_follow_envoys_table() {
-    let cases: [((usize, usize, &'static [u8]), &[u8]); 5] = [
+    let cases: [(Edit, &[u8]); 5] = [
         ((0, 0, b"F"), b"Fabcdef"),   // prepend
         ((0, 2, b""), b"cdef"),       // drop a prefix
         ((0, 2, b"XY"), b"XYcdef"),   // drop a prefix, then prepend
