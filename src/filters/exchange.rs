@@ -21,6 +21,8 @@ use super::node;
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: ExchangeConfig,
+    /// Encoded once per root: the node's id and metadata come from the bootstrap and cannot
+    /// change under a running Envoy; a new filter configuration (xDS) is a new root.
     our_frame: Vec<u8>,
     counters: [Option<Counter>; machine::Counter::ALL.len()],
     /// Payloads this worker decoded lately (owned here, lent to each connection's decoder).

@@ -26,6 +26,7 @@ use super::node;
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: StatsConfig,
+    /// Read once per root: node metadata is the bootstrap's, fixed for the Envoy's life.
     local: WorkloadMetadata,
     book: RefCell<SeriesBook<Counter>>,
     folded: Option<Counter>,

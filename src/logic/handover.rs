@@ -55,7 +55,10 @@ pub const PUBLISH_ENTRIES: usize = 4;
 
 /// The last [`PUBLISH_ENTRIES`] peers, by the frame they sent (its Struct and id). The result
 /// depends only on the frame and the slot (fixed per root), so a hit is exactly what a fresh
-/// conversion would give; nothing from the connection or xDS goes in.
+/// conversion would give; nothing from the connection or xDS goes in. Correct under xDS updates
+/// (a new filter configuration is a new root with an empty memo; clusters and listeners play no
+/// part) and certificate rotation (certificates are not in it: trust is decided per connection
+/// before the memo, and the principals are read per connection by the stats).
 #[derive(Debug)]
 pub struct PublishMemo {
     slot: PeerSlot,
