@@ -9,7 +9,7 @@ use crate::Ctx;
 
 pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
     // Settle: the shipped templates' memory_allocator_manager returns free heap every second.
-    thread::sleep(Duration::from_secs(3));
+    thread::sleep(Duration::from_secs(8));
     let mut size_row = Row::new(
         "module size",
         "KiB",
@@ -34,10 +34,18 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
         for s in ctx.variants.into_iter().chain([ctx.separate]) {
             let m = memory(s.envoys()[who].1);
             if std::env::var_os("BENCH_MEMORY_DUMP").is_some() {
+                let envoy = s.envoys()[who].1;
+                let vms: Vec<String> = envoy
+                    .stats()
+                    .lines()
+                    .filter(|l| l.starts_with("wasm.envoy.wasm.runtime.v8."))
+                    .map(str::to_string)
+                    .collect();
                 eprintln!(
-                    "{:?} {name} /memory: {}",
+                    "{:?} {name}: RSS {} KiB; V8 {vms:?}; /memory: {}",
                     s.variant,
-                    s.envoys()[who].1.admin("/memory")
+                    m.rss / 1024.0,
+                    envoy.admin("/memory")
                 );
             }
             alloc.push(s.variant, m.allocated / 1024.0);
