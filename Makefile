@@ -43,7 +43,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen bench envoy envoy-version tools lint test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean
+.PHONY: help wasm-target build binaryen bench envoy envoy-version tools lint check test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean
 
 help: ## List the targets
 	@echo "Targets:"
@@ -129,10 +129,17 @@ tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, dock
 		echo "tools: all present"; \
 	fi
 
-lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib)
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+lint: wasm-target ## rustfmt check and clippy (host, all targets and the testkit; wasm lib)
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+
+# The tests that need no Envoy, Prometheus or Debian tool: unit tests, golden vectors, and the
+# shipped filters in the fake Envoy (tests/glue_*.rs, tests/fake_envoy.rs).
+NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy
+
+check: lint ## Fast inner loop: lint and the native tests (no apt, no Envoy; well under a minute warm)
+	cargo test --lib $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads 2
 
 test: lint build envoy tools ## Lint, unit + integration tests on Envoy 1.40, the Envoy-version subset on the oldest
 	cargo test -- --test-threads 2

@@ -13,17 +13,15 @@
 //! and `openssl`. Usage: `cargo run --release --example demo -- [--once] [--plaintext]
 //! [--connections N] [--concurrency N]`.
 
-#[path = "../tests/mesh/mod.rs"]
-mod mesh;
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mesh::prometheus::Prometheus;
-use mesh::{Mesh, MeshOptions};
-use support::{prefix_server, request_until, wait_for_lines, Envoy};
+use testkit::backend::{prefix_server, Backend};
+use testkit::client::request_until;
+use testkit::envoy::Envoy;
+use testkit::files::{envoy_bin, free_port, wait_for_lines, wasm_module};
+use testkit::mesh::{Mesh, MeshOptions};
+use testkit::prometheus::Prometheus;
 
 struct Args {
     once: bool,
@@ -80,21 +78,27 @@ fn usage(error: &str) -> ! {
     std::process::exit(if error.is_empty() { 0 } else { 2 });
 }
 
-fn step(n: u32, text: &str) {
-    let total = if PROMETHEUS_STEP.load(Ordering::Relaxed) {
-        5
-    } else {
-        4
-    };
-    println!("[{n}/{total}] {text}");
+/// Prints `[n/total] text`; the total is known from the arguments before the first step.
+struct Steps {
+    total: u32,
 }
 
-static PROMETHEUS_STEP: AtomicBool = AtomicBool::new(false);
+impl Steps {
+    fn new(args: &Args) -> Self {
+        Steps {
+            total: if args.prometheus { 5 } else { 4 },
+        }
+    }
+
+    fn print(&self, n: u32, text: &str) {
+        println!("[{n}/{}] {text}", self.total);
+    }
+}
 
 /// The database behind the server sidecar: the built-in one ("hello " + request) or a real
 /// Redis answering PING.
 enum Database {
-    BuiltIn(support::Backend),
+    BuiltIn(Backend),
     Redis(RedisServer),
 }
 
@@ -123,7 +127,7 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = support::free_port();
+        let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -163,16 +167,19 @@ fn main() {
                 .display()
         );
     }));
-    println!("Envoy:       {}", support::envoy_bin().display());
-    println!("Wasm module: {}", support::wasm_module().display());
+    println!("Envoy:       {}", envoy_bin().display());
+    println!("Wasm module: {}", wasm_module().display());
 
-    step(
+    println!(
+        "Istio's TCP metrics task on loopback: Bookinfo's ratings-v2 -> mongodb-v1 through two sidecars"
+    );
+    let steps = Steps::new(&args);
+    steps.print(
         1,
         "starting: certificates (openssl), backend, server sidecar (mongodb-v1), \
          client sidecar (ratings-v2)",
     );
     let started = Instant::now();
-    PROMETHEUS_STEP.store(args.prometheus, Ordering::Relaxed);
     let backend = if args.redis {
         Database::Redis(RedisServer::start())
     } else {
@@ -206,7 +213,7 @@ fn main() {
     } else {
         "mutual TLS"
     };
-    step(
+    steps.print(
         2,
         &format!(
             "sending {} connections of {:?} through the client sidecar ({how})",
@@ -226,7 +233,7 @@ fn main() {
         );
     }
 
-    step(3, "access logs (one line per connection)");
+    steps.print(3, "access logs (one line per connection)");
     for (who, log) in [
         ("client", &mesh.client_access_log),
         ("server", &mesh.server_access_log),
@@ -236,16 +243,16 @@ fn main() {
         }
     }
 
-    step(4, "metrics");
+    steps.print(4, "metrics");
     for (who, envoy) in [("client sidecar", &mesh.client), ("server sidecar", server)] {
         print_metrics(who, envoy);
     }
 
     let prometheus = args.prometheus.then(|| {
-        step(
+        steps.print(
             5,
             "Prometheus (Debian's) scrapes both sidecars with examples/prometheus/prometheus.yml; \
-             querying its HTTP API as the seed's Graph > Execute does",
+             querying its HTTP API as Graph > Execute in its web page does",
         );
         let prometheus = Prometheus::start(mesh.client.admin_port(), server.admin_port());
         for metric in [

@@ -1,4 +1,4 @@
-//! The seed's last step with a real Prometheus: it scrapes both sidecars with the shipped
+//! The last step of Istio's TCP metrics task with a real Prometheus: it scrapes both sidecars with the shipped
 //! `examples/prometheus/` config, and `istio_tcp_connections_opened_total` /
 //! `..._closed_total` queried through its HTTP API carry both workloads' labels.
 

@@ -240,7 +240,7 @@ fn long_lived_connection_reports_before_close() {
 
 #[test]
 fn user_defined_metric_like_mixer() {
-    // Seed 000: istio_mongo_received_bytes with destination_version, source_service,
+    // The Mixer-era MongoDB metric: istio_mongo_received_bytes with destination_version, source_service,
     // source_version, for traffic to the mongodb service.
     let definition = r#"{"definitions":[{"name":"istio_mongo_received_bytes","value":"bytes_received","dimensions":{"destination_version":"destination_version","source_service":"source_canonical_service","source_version":"source_version"},"match":{"destination_service_name":"mongodb"}}]}"#;
     let backend = prefix_server(b"hello ");

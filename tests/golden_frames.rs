@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use istio_tcp_telemetry::logic::frame::{
+use istio_tcp_telemetry::logic::exchange::frame::{
     encode_frame, Decoded, FrameDecoder, PeerFrame, DEFAULT_MAX_PAYLOAD, HEADER_LEN, MAGIC_BYTES,
 };
+use istio_tcp_telemetry::logic::exchange::memo::PayloadMemo;
 use istio_tcp_telemetry::logic::workload::WorkloadMetadata;
 use prost_types::{value::Kind, Struct, Value};
 use serde_json::Value as Json;
@@ -85,7 +86,7 @@ fn cases() -> Vec<Case> {
 
 fn decode_whole(case: &Case) -> PeerFrame {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
-    let (taken, answer) = decoder.feed(&case.frame);
+    let (taken, answer) = decoder.feed(&case.frame, &mut PayloadMemo::default());
     assert_eq!(taken, case.frame.len(), "{}: bytes taken", case.name);
     match answer {
         Decoded::Complete(frame) => frame,
@@ -170,12 +171,13 @@ fn decodes_whole_and_byte_by_byte() {
         assert_eq!(whole.id.as_deref(), case.expected_id(), "{}: id", case.name);
 
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
+        let mut memo = PayloadMemo::default();
         let (last, rest) = case.frame.split_last().unwrap();
         for (i, byte) in rest.iter().enumerate() {
-            let answer = decoder.feed(std::slice::from_ref(byte));
+            let answer = decoder.feed(std::slice::from_ref(byte), &mut memo);
             assert_eq!(answer, (1, Decoded::NeedMore), "{}: byte {i}", case.name);
         }
-        let (taken, answer) = decoder.feed(std::slice::from_ref(last));
+        let (taken, answer) = decoder.feed(std::slice::from_ref(last), &mut memo);
         assert_eq!(taken, 1, "{}: last byte", case.name);
         assert_eq!(
             answer,
@@ -187,7 +189,8 @@ fn decodes_whole_and_byte_by_byte() {
         // Bytes after the frame belong to the application: not one is taken.
         let mut stream = case.frame.clone();
         stream.extend_from_slice(b"\x00PING\r\n");
-        let (taken, answer) = FrameDecoder::new(DEFAULT_MAX_PAYLOAD).feed(&stream);
+        let (taken, answer) =
+            FrameDecoder::new(DEFAULT_MAX_PAYLOAD).feed(&stream, &mut PayloadMemo::default());
         assert_eq!(
             taken,
             case.frame.len(),

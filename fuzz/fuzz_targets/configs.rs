@@ -3,7 +3,10 @@
 //!
 //! Invariants: no panic; an accepted config is within its documented bounds; every series an
 //! accepted stats config produces has a well-formed stat name whose label names are unique and
-//! none a suffix of another (the rule that keeps Envoy's tag extraction exact).
+//! none a suffix of another (the rule that keeps Envoy's tag extraction exact). The shipped
+//! dispatch (`on_configure` in the test kit's fake Envoy) accepts exactly what the parser
+//! accepts, refuses the rest with an error log, and a configured filter passes a connection's
+//! bytes.
 
 #![no_main]
 
@@ -12,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::Bytes;
-use istio_tcp_telemetry::logic::exchange_config::{
+use istio_tcp_telemetry::logic::exchange::config::{
     ExchangeConfig, Role, Side, MAX_FRAME_CAP, MIN_FRAME_CAP,
 };
 use istio_tcp_telemetry::logic::stats::config::{
@@ -21,7 +24,9 @@ use istio_tcp_telemetry::logic::stats::config::{
 use istio_tcp_telemetry::logic::stats::stat_name::{LABEL_TERMINATOR, NAME_VALUE_SEPARATOR};
 use istio_tcp_telemetry::logic::stats::StatsConfig;
 use istio_tcp_telemetry::logic::workload::WorkloadMetadata;
+use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
 use libfuzzer_sys::fuzz_target;
+use testkit::fake_envoy::FakeEnvoy;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Bytes { data };
@@ -32,7 +37,38 @@ fuzz_target!(|data: &[u8]| {
     };
     check_exchange(&json);
     check_stats(&json);
+    check_dispatch(&json);
 });
+
+fn check_dispatch(json: &[u8]) {
+    // Envoy hands the configuration over as a StringValue: UTF-8.
+    let Ok(text) = std::str::from_utf8(json) else {
+        return;
+    };
+    for (root, accepted) in [
+        (EXCHANGE_ROOT_ID, ExchangeConfig::parse(json).is_ok()),
+        (STATS_ROOT_ID, StatsConfig::parse(json).is_ok()),
+    ] {
+        let mut envoy = FakeEnvoy::new("sidecar~fuzz", None);
+        match envoy.add_listener(&[(root, text)]) {
+            Ok(listener) => {
+                assert!(
+                    accepted,
+                    "{root} configured with a config its parser refuses"
+                );
+                let c = envoy.connect(listener, &[]);
+                envoy.downstream(c, b"x", false);
+                envoy.upstream(c, b"y", false);
+                envoy.close(c);
+                assert_eq!(envoy.lost(c), 0);
+            }
+            Err(e) => {
+                assert!(!accepted, "{root} refused a config its parser accepts: {e}");
+                assert!(e.starts_with("invalid configuration"), "{e}");
+            }
+        }
+    }
+}
 
 fn check_exchange(json: &[u8]) {
     let Ok(c) = ExchangeConfig::parse(json) else {

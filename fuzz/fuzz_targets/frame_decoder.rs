@@ -9,9 +9,10 @@
 mod common;
 
 use common::Bytes;
-use istio_tcp_telemetry::logic::frame::{
+use istio_tcp_telemetry::logic::exchange::frame::{
     encode_payload, parse_payload, Decoded, FrameDecoder, HEADER_LEN, MAGIC_BYTES,
 };
+use istio_tcp_telemetry::logic::exchange::memo::PayloadMemo;
 use istio_tcp_telemetry::logic::stats::MetricPlan;
 use istio_tcp_telemetry::logic::workload::WorkloadMetadata;
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let stream = input.data;
 
-    let (whole_taken, whole) = FrameDecoder::new(cap).feed(stream);
+    // One memo for both decodes, as a root lends it to every connection: the second decode
+    // of the same payload is a memo hit and must give the same answer.
+    let mut memo = PayloadMemo::default();
+    let (whole_taken, whole) = FrameDecoder::new(cap).feed(stream, &mut memo);
     check_answer(stream, cap, whole_taken, &whole);
 
     let mut decoder = FrameDecoder::new(cap);
@@ -41,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     for piece in pieces.iter().copied().chain([usize::MAX]) {
         let (chunk, after) = rest.split_at(piece.min(rest.len()));
         rest = after;
-        let (taken, answer) = decoder.feed(chunk);
+        let (taken, answer) = decoder.feed(chunk, &mut memo);
         assert!(
             taken <= chunk.len(),
             "took {taken} of a {}-byte chunk",

@@ -1,5 +1,5 @@
 //! The proxy-wasm "pairs" encoding, which Envoy uses for map-valued properties such as
-//! `xds.node.metadata` (measured in Envoy 1.40, see ENVOY-NOTES.md):
+//! `xds.node.metadata` (measured in Envoy 1.40, see docs/ENVOY-NOTES.md):
 //!
 //! ```text
 //! u32 LE count

@@ -1,4 +1,4 @@
-//! Tests for [`super::MetricPlan`]: the standard series, the seed definition, overrides, and
+//! Tests for [`super::MetricPlan`]: the standard series, the Mixer-era MongoDB definition, overrides, and
 //! stat-name safety.
 
 use super::*;
@@ -13,9 +13,10 @@ fn plan(json: &str) -> MetricPlan {
     }
 }
 
-/// The `definitions` array of [`SEED`].
+/// The `definitions` array of [`MIXER_MONGO`].
 fn definitions() -> &'static str {
-    SEED.strip_prefix(r#"{"definitions": "#)
+    MIXER_MONGO
+        .strip_prefix(r#"{"definitions": "#)
         .and_then(|s| s.strip_suffix('}'))
         .unwrap_or("[]")
 }
@@ -35,7 +36,7 @@ fn label_names(stat_name: &str) -> Vec<&str> {
         .collect()
 }
 
-const SEED: &str = r#"{"definitions": [{
+const MIXER_MONGO: &str = r#"{"definitions": [{
     "name": "istio_mongo_received_bytes", "type": "counter", "value": "bytes_received",
     "dimensions": {"destination_version": "destination_version",
                    "source_service": "source_canonical_service",
@@ -82,12 +83,12 @@ fn standard_plan_reports_the_four_metrics() {
 }
 
 #[test]
-fn seed_definition_for_a_mongodb_destination() {
-    let p = plan(SEED);
+fn mixer_mongo_definition_for_a_mongodb_destination() {
+    let p = plan(MIXER_MONGO);
     for facts in [server_facts(), client_facts()] {
         let series = p.series(&facts);
         assert_eq!(series.len(), 5);
-        let mongo = find(&series, "istio_mongo_received_bytes").expect("seed series");
+        let mongo = find(&series, "istio_mongo_received_bytes").expect("the Mixer-era series");
         assert_eq!(mongo.value, ValueKind::BytesReceived);
         assert_eq!(
             mongo.stat_name,
@@ -98,8 +99,8 @@ fn seed_definition_for_a_mongodb_destination() {
 }
 
 #[test]
-fn seed_definition_skips_other_destinations() {
-    let p = plan(SEED);
+fn mixer_mongo_definition_skips_other_destinations() {
+    let p = plan(MIXER_MONGO);
     let mut f = client_facts();
     f.peer = None;
     f.cluster_name = "outbound|9080||reviews.default.svc.cluster.local".into();
@@ -130,12 +131,12 @@ fn drop_by_short_full_and_empty_name() {
         p.reported_metrics(),
         vec![TCP_CONNECTIONS_OPENED_TOTAL, TCP_RECEIVED_BYTES_TOTAL]
     );
-    let only_seed = format!(
+    let only_mixer = format!(
         r#"{{"definitions": {}, "metrics": [{{"name": "", "drop": true}}]}}"#,
         definitions()
     );
     assert_eq!(
-        names(&plan(&only_seed).series(&server_facts())),
+        names(&plan(&only_mixer).series(&server_facts())),
         vec!["istio_mongo_received_bytes"]
     );
 }
@@ -198,7 +199,7 @@ fn empty_name_dimensions_reach_definitions_and_named_overrides_reach_one() {
         r#"[{"name": "istio_mongo_received_bytes", "dimensions": {"source_version": "source_app"},
              "tags_to_remove": ["destination_version"]}]"#,
     );
-    let mongo = find(&series, "istio_mongo_received_bytes").expect("seed series");
+    let mongo = find(&series, "istio_mongo_received_bytes").expect("the Mixer-era series");
     assert_eq!(
         mongo.stat_name,
         "source_service=.=ratings;.;source_version=.=ratings;.;istio_mongo_received_bytes"
