@@ -2,7 +2,7 @@
 //! exchange filter or the stats filter. proxy-wasm's Rust SDK registers a single root factory,
 //! so the choice by `root_id` is made here; the streams it creates are of the chosen filter.
 
-use crate::host::{Action, Buffer, Host};
+use crate::host::{Action, Buffer, Host, PeerType};
 use crate::host_log;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
 
@@ -90,7 +90,7 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_downstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_downstream_data(data_size),
+            Stream::Stats(s) => s.on_downstream_data(data_size, end_of_stream),
         }
     }
 
@@ -98,12 +98,24 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_upstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_upstream_data(data_size),
+            Stream::Stats(s) => s.on_upstream_data(data_size, end_of_stream),
         }
     }
 
-    /// The connection closed (Envoy's close event, not a half-close).
-    pub fn on_downstream_close(&mut self) {}
+    /// The downstream connection closed (Envoy's close event, not a half-close); `peer`: who
+    /// closed it.
+    pub fn on_downstream_close(&mut self, peer: PeerType) {
+        if let Stream::Stats(s) = self {
+            s.on_close(true, peer);
+        }
+    }
+
+    /// The upstream connection closed.
+    pub fn on_upstream_close(&mut self, peer: PeerType) {
+        if let Stream::Stats(s) = self {
+            s.on_close(false, peer);
+        }
+    }
 
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {

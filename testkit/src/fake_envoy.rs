@@ -34,7 +34,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use istio_tcp_telemetry::filters::{Dispatch, Stream};
-use istio_tcp_telemetry::host::{Action, Buffer, Counter, Histogram, Host, HostError, LogLevel};
+use istio_tcp_telemetry::host::{
+    Action, Buffer, Counter, Gauge, Histogram, Host, HostError, LogLevel, PeerType,
+};
 
 /// Which direction a chunk travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +96,8 @@ struct ConnectionState {
 struct Metric {
     name: String,
     value: u64,
+    /// A gauge's value (gauges may go down; Envoy's never below 0, checked here).
+    gauge: i64,
     records: Vec<u64>,
 }
 
@@ -283,6 +287,22 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn define_gauge(&self, name: &str) -> Result<Gauge, HostError> {
+        self.define(name).map(Gauge)
+    }
+
+    fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError> {
+        self.check(HostCall::Increment)?;
+        let mut world = self.world.borrow_mut();
+        let metric = world
+            .metrics
+            .get_mut(gauge.0 as usize)
+            .ok_or(HostError::NOT_FOUND)?;
+        metric.gauge = metric.gauge.saturating_add(by);
+        assert!(metric.gauge >= 0, "gauge {} went below 0", metric.name);
+        Ok(())
+    }
+
     fn define_histogram(&self, name: &str) -> Result<Histogram, HostError> {
         self.define(name).map(Histogram)
     }
@@ -376,6 +396,7 @@ impl FakeHost {
         world.metrics.push(Metric {
             name: name.to_string(),
             value: 0,
+            gauge: 0,
             records: Vec::new(),
         });
         Ok(world.metrics.len() as u32 - 1)
@@ -528,6 +549,14 @@ impl FakeEnvoy {
         id
     }
 
+    /// Sets (or changes) a property of a live connection, as Envoy's stream info changes during
+    /// a connection (`response.flags` set by a failure, termination details at close).
+    pub fn set_connection_property(&mut self, connection: ConnectionId, key: &str, value: Vec<u8>) {
+        if let Some(state) = self.world.borrow_mut().connections.get_mut(&connection) {
+            state.properties.insert(key.to_string(), value);
+        }
+    }
+
     /// Bytes from the client (`end_of_stream`: it half-closed).
     pub fn downstream(&mut self, connection: ConnectionId, bytes: &[u8], end_of_stream: bool) {
         self.data(connection, Direction::Downstream, bytes, end_of_stream);
@@ -619,7 +648,8 @@ impl FakeEnvoy {
         if let Some(mut connection) = self.connections.remove(&id) {
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
-                stream.on_downstream_close();
+                // The client closed: its connection's peer is remote.
+                stream.on_downstream_close(PeerType::Remote);
             }
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
@@ -733,24 +763,32 @@ impl FakeEnvoy {
             .collect()
     }
 
+    /// Every series of gauge `metric` with its labels and value.
+    pub fn gauge_series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, i64)> {
+        let world = self.world.borrow();
+        let all: Vec<(String, i64)> = world
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.gauge))
+            .collect();
+        series_of(all, metric)
+    }
+
+    /// Every series of histogram `metric` with its labels and recorded values, in order.
+    pub fn histogram_series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, Vec<u64>)> {
+        let world = self.world.borrow();
+        let all: Vec<(String, Vec<u64>)> = world
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.records.clone()))
+            .collect();
+        series_of(all, metric)
+    }
+
     /// Every series of `metric` (stat names `label=.=value;.;…;.;metric`) with its labels, as
     /// the bootstrap's `stats_tags` extract them, and its value.
     pub fn series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, u64)> {
-        let suffix = format!(";.;{metric}");
-        self.counters()
-            .into_iter()
-            .filter(|(name, _)| name.ends_with(&suffix) || name == metric)
-            .map(|(name, value)| {
-                let labels = name
-                    .strip_suffix(&suffix)
-                    .unwrap_or_default()
-                    .split(";.;")
-                    .filter_map(|part| part.split_once("=.="))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (labels, value)
-            })
-            .collect()
+        series_of(self.counters(), metric)
     }
 
     /// Every log line, in order.
@@ -785,4 +823,23 @@ impl FakeEnvoy {
     pub fn listener_of(&self, connection: ConnectionId) -> Option<ListenerId> {
         self.connections.get(&connection).map(|c| c.listener)
     }
+}
+
+/// The series of `metric` among `(stat name, value)` pairs, labels extracted as the bootstrap's
+/// `stats_tags` do.
+fn series_of<V>(all: Vec<(String, V)>, metric: &str) -> Vec<(BTreeMap<String, String>, V)> {
+    let suffix = format!(";.;{metric}");
+    all.into_iter()
+        .filter(|(name, _)| name.ends_with(&suffix) || name == metric)
+        .map(|(name, value)| {
+            let labels = name
+                .strip_suffix(&suffix)
+                .unwrap_or_default()
+                .split(";.;")
+                .filter_map(|part| part.split_once("=.="))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (labels, value)
+        })
+        .collect()
 }
