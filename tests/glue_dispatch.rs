@@ -27,7 +27,7 @@ fn each_root_id_becomes_its_filter() {
         vec![Some(std::time::Duration::from_secs(2)), None],
         "only the stats root ticks"
     );
-    assert!(e.counter("mx.metadata_added").is_some());
+    assert!(e.counter("envoy_mx.metadata_added").is_some());
     assert!(e.counter("istio_tcp_stats_series_folded_total").is_some());
     let c = e.connect(l, &[]);
     e.downstream(c, b"abc", false);
@@ -85,4 +85,36 @@ fn unreadable_node_metadata_is_logged_and_ignored() {
     e.add_listener(&[(EXCHANGE_ROOT_ID, r#"{"side": "server"}"#)])
         .unwrap();
     assert_eq!(e.logged(LogLevel::Warn, "not a pairs blob"), 1);
+}
+
+#[test]
+fn on_an_istio_gateway_both_filters_stay_inert() {
+    let gateway =
+        "router~10.0.0.9~istio-eastwestgateway-5c-x.istio-system~istio-system.svc.cluster.local";
+    let mut e = FakeEnvoy::new(gateway, None);
+    let l = e
+        .add_listener(&[
+            (STATS_ROOT_ID, "{}"),
+            (
+                EXCHANGE_ROOT_ID,
+                r#"{"side": "client", "client_gate": "always"}"#,
+            ),
+        ])
+        .unwrap();
+    assert_eq!(e.logged(LogLevel::Warn, "is an Istio gateway"), 2);
+    let c = e.connect(l, &[]);
+    e.downstream(c, b"\x16\x03\x01 a ClientHello", false);
+    assert_eq!(
+        e.take_delivered(c, Direction::Downstream),
+        b"\x16\x03\x01 a ClientHello",
+        "no frame in front of a passed-through TLS handshake"
+    );
+    e.upstream(c, b"reply", false);
+    e.tick();
+    e.close(c);
+    assert!(e.series("istio_tcp_connections_opened_total").is_empty());
+    assert_eq!(e.filter_state(c, "wasm.peer_not_found"), None);
+    // A bad configuration is still refused there.
+    let mut e = FakeEnvoy::new(gateway, None);
+    assert!(e.add_listener(&[(STATS_ROOT_ID, "nope")]).is_err());
 }

@@ -3,7 +3,9 @@
 //! are `e2e_exchange.rs`, `e2e_trust.rs` and `e2e_adversarial.rs`.
 
 use istio_tcp_telemetry::host::LogLevel;
-use istio_tcp_telemetry::logic::exchange::frame::{encode_frame, HEADER_LEN, MAGIC_BYTES};
+use istio_tcp_telemetry::logic::exchange::frame::{
+    encode_frame, HEADER_LEN, MAGIC_BYTES, STRUCT_TYPE_URL,
+};
 use istio_tcp_telemetry::logic::peer;
 use istio_tcp_telemetry::EXCHANGE_ROOT_ID;
 use prost_types::Struct;
@@ -15,7 +17,7 @@ const GOLDEN_RATINGS: &[u8] = include_bytes!("fixtures/golden/modern_ratings.bin
 
 fn counter(envoy: &FakeEnvoy, name: &str) -> u64 {
     envoy
-        .counter(&format!("metadata_exchange.{name}"))
+        .counter(&format!("envoy_metadata_exchange.{name}"))
         .unwrap_or_else(|| panic!("counter {name} not defined"))
 }
 
@@ -120,7 +122,7 @@ fn a_frame_in_one_byte_pieces_is_held_then_stripped() {
     assert_eq!(server.take_delivered(c, Direction::Downstream), b"PING\r\n");
     assert!(server.filter_state(c, "wasm.downstream_peer").is_some());
     assert_eq!(
-        server.counter("metadata_exchange.alpn_protocol_found"),
+        server.counter("envoy_metadata_exchange.alpn_protocol_found"),
         Some(1)
     );
 }
@@ -157,15 +159,20 @@ fn expect_mode_without_a_frame_counts_logs_and_passes_bytes() {
         b"GET / HTTP/1.1\r\n"
     );
     assert_eq!(
-        server.counter("metadata_exchange.initial_header_not_found"),
+        server.counter("envoy_metadata_exchange.initial_header_not_found"),
         Some(1)
     );
     assert_eq!(server.logged(LogLevel::Warn, "no peer metadata"), 1);
-    // Expect mode still answers with its frame (the chain was chosen by ALPN).
+    // A client whose first bytes were not the magic runs no exchange: it is sent nothing.
     server.upstream(c, b"HTTP/1.1 200\r\n", false);
-    let back = server.take_delivered(c, Direction::Upstream);
-    assert_eq!(&back[..4], MAGIC_BYTES);
-    assert!(back.ends_with(b"HTTP/1.1 200\r\n"));
+    assert_eq!(
+        server.take_delivered(c, Direction::Upstream),
+        b"HTTP/1.1 200\r\n"
+    );
+    assert_eq!(
+        server.counter("envoy_metadata_exchange.metadata_added"),
+        Some(0)
+    );
 }
 
 #[test]
@@ -205,7 +212,7 @@ fn a_stream_ending_mid_frame_is_delivered_never_lost() {
     assert_eq!(server.lost(c), 0, "never paused at end of stream");
     assert_eq!(server.take_delivered(c, Direction::Downstream), half);
     assert_eq!(
-        server.counter("metadata_exchange.header_not_found"),
+        server.counter("envoy_metadata_exchange.header_not_found"),
         Some(1)
     );
     assert_eq!(
@@ -234,7 +241,7 @@ fn too_large_and_malformed_frames() {
     server.downstream(c, &garbage, false);
     assert_eq!(server.take_delivered(c, Direction::Downstream), b"app");
     assert_eq!(
-        server.counter("metadata_exchange.header_not_found"),
+        server.counter("envoy_metadata_exchange.header_not_found"),
         Some(2)
     );
 }
@@ -306,4 +313,79 @@ fn our_frame_is_the_nodes_metadata() {
 
 fn testkit_empty_exchange_struct() -> Struct {
     istio_tcp_telemetry::logic::workload::WorkloadMetadata::default().to_exchange_struct(&[])
+}
+
+#[test]
+fn a_connection_closed_before_any_decision_is_peer_not_found() {
+    let mut server = FakeEnvoy::new("sidecar~server", None);
+    let listener = server
+        .add_listener(&[(EXCHANGE_ROOT_ID, r#"{"side": "server"}"#)])
+        .unwrap();
+    let c = server.connect(listener, &[]);
+    server.close(c);
+    assert_eq!(
+        server.filter_state(c, "wasm.peer_not_found"),
+        Some(b"true".to_vec()),
+        "written on close, before the access log"
+    );
+    assert_eq!(server.logged(LogLevel::Warn, "no peer metadata"), 0);
+}
+
+#[test]
+fn the_peer_key_is_declared_a_typed_struct() {
+    let mesh = MeshBuilder::new().build().unwrap();
+    let schema = STRUCT_TYPE_URL.as_bytes().to_vec();
+    assert_eq!(
+        mesh.server.declared(peer::DOWNSTREAM_PEER),
+        Some(schema.clone())
+    );
+    assert_eq!(mesh.client.declared(peer::UPSTREAM_PEER), Some(schema));
+    assert_eq!(mesh.server.declared(peer::UPSTREAM_PEER), None);
+}
+
+#[test]
+fn client_gate_istio_mtls_follows_the_upstream_connection() {
+    let gate = Some(r#"{"side": "client", "client_gate": "istio_mtls"}"#);
+    let mut mesh = MeshBuilder::new().client_exchange(gate).build().unwrap();
+    let link = request_response(&mut mesh);
+    assert_eq!(
+        counter(&mesh.client, "metadata_added"),
+        1,
+        "TLS to a SPIFFE identity"
+    );
+    assert_eq!(link.app_received, b"hello world\n");
+    // A mesh-labelled endpoint reached over plaintext gets nothing.
+    let mut mesh = MeshBuilder::new()
+        .client_exchange(gate)
+        .server_exchange(None)
+        .mtls(false)
+        .build()
+        .unwrap();
+    let link = request_response(&mut mesh);
+    assert_eq!(counter(&mesh.client, "metadata_added"), 0);
+    assert_eq!(counter(&mesh.client, "alpn_protocol_not_found"), 1);
+    assert_eq!(link.backend_received, b"world\n");
+}
+
+#[test]
+fn warnings_a_peer_can_cause_are_rate_limited() {
+    let mut server = FakeEnvoy::new("sidecar~server", None);
+    let listener = server
+        .add_listener(&[(EXCHANGE_ROOT_ID, r#"{"side": "server"}"#)])
+        .unwrap();
+    for _ in 0..3 {
+        let c = server.connect(listener, &[]);
+        server.downstream(c, b"not a frame", false);
+    }
+    assert_eq!(server.logged(LogLevel::Warn, "no peer metadata"), 1);
+    assert_eq!(server.logged(LogLevel::Debug, "no peer metadata"), 3);
+    server.advance(std::time::Duration::from_secs(61));
+    let c = server.connect(listener, &[]);
+    server.downstream(c, b"still not", false);
+    assert_eq!(server.logged(LogLevel::Warn, "and 2 similar"), 1);
+    assert_eq!(
+        server.counter("envoy_metadata_exchange.initial_header_not_found"),
+        Some(4),
+        "every case counted"
+    );
 }

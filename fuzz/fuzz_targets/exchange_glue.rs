@@ -13,10 +13,12 @@
 //! - Envoy never loses a byte (nothing paused at end of stream);
 //! - incoming: delivered + held = received minus exactly one prefix, and that prefix is
 //!   removed iff the received bytes start with a whole frame (magic, length under the cap, all
-//!   of its payload) while the exchange was reading; then the peer is in filter state. Held
-//!   bytes are only ever a frame prefix, and none are held once the stream ended;
+//!   of its payload; in detect mode also a payload that parses as a protobuf `Any`) while the
+//!   exchange was reading; then the peer is in filter state. Held bytes are only ever a frame
+//!   prefix, and none are held once the stream ended;
 //! - outgoing: delivered = received, or our frame + received, and the frame goes only where the
-//!   role allows it (detect: only after the peer's frame);
+//!   role allows it (detect: only after the peer's frame; expect: not once the client's bytes
+//!   showed no magic);
 //! - at most one peer outcome in filter state, at most one gate count; bounded holding;
 //! - after close: the stats filter reported one connection, opened and closed, and exactly the
 //!   application bytes of each direction (never a frame byte).
@@ -220,7 +222,7 @@ impl Sidecar {
 
     fn count(&self, name: &str) -> u64 {
         self.envoy
-            .counter(&format!("metadata_exchange.{name}"))
+            .counter(&format!("envoy_metadata_exchange.{name}"))
             .unwrap_or(0)
     }
 
@@ -318,7 +320,12 @@ fn check(s: &Sidecar, role: Role, cap: u32, reads: bool, our_frame: &[u8], chunk
         .filter(|d| *d <= cap)
         .map(|d| HEADER_LEN + d as usize)
         .filter(|len| received.len() >= *len);
-    let strip = whole_frame.unwrap_or(0);
+    // Detect mode removes only a provable frame: its payload must be a protobuf `Any`.
+    let provable = |len: &usize| {
+        role != Role::ServerDetect || Any::decode(&received[HEADER_LEN..*len]).is_ok()
+    };
+    let removed = whole_frame.filter(provable);
+    let strip = removed.unwrap_or(0);
     let held = s.envoy.held_bytes(c, s.incoming_direction());
     let mut seen = s.incoming.delivered.clone();
     seen.extend_from_slice(&held);
@@ -389,7 +396,13 @@ fn check(s: &Sidecar, role: Role, cap: u32, reads: bool, our_frame: &[u8], chunk
             Role::ServerDetect => assert!(found, "detect answered a non-peer"),
             Role::ServerExpect => {}
         }
-    } else if reads && !matches!(role, Role::ServerDetect) {
+    } else if reads
+        && !matches!(role, Role::ServerDetect)
+        && (role != Role::ServerExpect
+            || received.is_empty()
+            || (received.len() >= 4 && received[..4] == MAGIC_BYTES))
+    {
+        // Expect mode stays silent once the client's first bytes were not the magic.
         assert!(
             s.outgoing.received.is_empty(),
             "an open gate sends on the first outgoing bytes"

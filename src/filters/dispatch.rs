@@ -4,15 +4,19 @@
 
 use crate::host::{Action, Buffer, Host, PeerType};
 use crate::host_log;
+use crate::logic::gateway_node::is_gateway_node;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
 
 use super::exchange::{ExchangeRoot, ExchangeStream};
+use super::node;
 use super::stats::{StatsRoot, StatsStream};
 
 enum Filter<H: Host> {
     Unconfigured,
     Exchange(ExchangeRoot<H>),
     Stats(StatsRoot<H>),
+    /// Configured on an Istio gateway (`router~` node): every stream passes untouched.
+    InertOnGateway,
 }
 
 /// A plugin's root context.
@@ -23,7 +27,7 @@ pub struct Dispatch<H: Host> {
 
 /// A connection's stream context, of the filter its root became.
 pub enum Stream<H: Host> {
-    /// Leaves every byte alone (only for a root whose configuration failed).
+    /// Leaves every byte alone (a root whose configuration failed, or on a gateway).
     PassThrough,
     Exchange(ExchangeStream<H>),
     Stats(StatsStream<H>),
@@ -67,6 +71,18 @@ impl<H: Host + Clone> Dispatch<H> {
                 ))
             }
         };
+        // The configuration is checked first (a bad one is still refused on a gateway).
+        let node_id = node::node_id(&self.host);
+        if is_gateway_node(&node_id) {
+            host_log!(
+                &self.host,
+                Warn,
+                "{root_id}: node {node_id:?} is an Istio gateway (router~): this filter stays \
+                 inert, passing every byte untouched and reporting nothing; scope the resource \
+                 to sidecars"
+            );
+            self.filter = Filter::InertOnGateway;
+        }
         Ok(())
     }
 
@@ -80,7 +96,7 @@ impl<H: Host + Clone> Dispatch<H> {
         match &self.filter {
             Filter::Exchange(root) => Stream::Exchange(root.create_stream()),
             Filter::Stats(root) => Stream::Stats(root.create_stream(context_id)),
-            Filter::Unconfigured => Stream::PassThrough,
+            Filter::Unconfigured | Filter::InertOnGateway => Stream::PassThrough,
         }
     }
 }
@@ -105,8 +121,10 @@ impl<H: Host> Stream<H> {
     /// The downstream connection closed (Envoy's close event, not a half-close); `peer`: who
     /// closed it.
     pub fn on_downstream_close(&mut self, peer: PeerType) {
-        if let Stream::Stats(s) = self {
-            s.on_close(true, peer);
+        match self {
+            Stream::Exchange(s) => s.on_downstream_close(),
+            Stream::Stats(s) => s.on_close(true, peer),
+            Stream::PassThrough => {}
         }
     }
 

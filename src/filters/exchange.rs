@@ -8,10 +8,11 @@ use std::rc::Rc;
 use crate::host::{Action, Buffer, Counter, Host, HostError};
 use crate::host_log;
 use crate::logic::endpoint;
-use crate::logic::exchange::config::{ExchangeConfig, Side};
+use crate::logic::exchange::config::{ClientGate, ExchangeConfig, Role, Side};
 use crate::logic::exchange::frame::{encode_frame, PeerFrame};
 use crate::logic::exchange::memo::PayloadMemo;
 use crate::logic::exchange::{self as machine, Event, Exchange, NotFound, Verdict};
+use crate::logic::log_limit::{WarnLimiter, WARN_INTERVAL_NANOS};
 use crate::logic::peer::{self, PeerSlot};
 use crate::logic::workload::WorkloadMetadata;
 
@@ -24,6 +25,28 @@ struct Shared {
     counters: [Option<Counter>; machine::Counter::ALL.len()],
     /// Payloads this worker decoded lately (owned here, lent to each connection's decoder).
     memo: RefCell<PayloadMemo>,
+    /// A peer can cause a "no peer metadata" case on every connection: warn once a minute.
+    warnings: RefCell<WarnLimiter>,
+}
+
+impl Shared {
+    /// A warning a network peer can cause: at most one per interval on this worker, the rest at
+    /// debug level (the counters count every case).
+    fn warn_limited(&self, host: &impl Host, message: std::fmt::Arguments) {
+        let allowed = self
+            .warnings
+            .borrow_mut()
+            .allow(host.now_nanos(), WARN_INTERVAL_NANOS);
+        match allowed {
+            Some(0) => host_log!(host, Warn, "{message}"),
+            Some(suppressed) => host_log!(
+                host,
+                Warn,
+                "{message} (and {suppressed} similar since the last warning, logged at debug)"
+            ),
+            None => host_log!(host, Debug, "{message}"),
+        }
+    }
 }
 
 pub struct ExchangeRoot<H: Host> {
@@ -41,12 +64,13 @@ impl<H: Host + Clone> ExchangeRoot<H> {
         );
         let mut counters = [None; machine::Counter::ALL.len()];
         for (slot, counter) in counters.iter_mut().zip(machine::Counter::ALL) {
-            let name = format!("{}.{}", config.stat_prefix, counter.name());
+            let name = counter.stat_name(&config.stat_prefix);
             *slot = host
                 .define_counter(&name)
                 .map_err(|e| host_log!(&host, Warn, "defining counter {name} failed: {e}"))
                 .ok();
         }
+        declare_peer_property(&host, config.side);
         host_log!(
             &host,
             Info,
@@ -62,6 +86,7 @@ impl<H: Host + Clone> ExchangeRoot<H> {
                 our_frame,
                 counters,
                 memo: RefCell::new(PayloadMemo::default()),
+                warnings: RefCell::new(WarnLimiter::default()),
             }),
         })
     }
@@ -99,6 +124,15 @@ impl<H: Host> ExchangeStream<H> {
         }
     }
 
+    /// The connection closed (Envoy's close event, not a half-close): a peer still undecided is
+    /// `peer_not_found` (before tcp_proxy's access log runs, so the log agrees with the stats'
+    /// `unknown` peer). Not on the upstream's end of stream: the client may still send its
+    /// frame after it, which must then still be stripped.
+    pub fn on_downstream_close(&mut self) {
+        let events = self.exchange.on_close();
+        self.apply_events(events);
+    }
+
     /// On the first data callback (properties such as the upstream host exist only by then).
     fn start(&mut self) {
         if self.started {
@@ -107,7 +141,10 @@ impl<H: Host> ExchangeStream<H> {
         self.started = true;
         let mut events = self.exchange.start();
         if self.exchange.needs_endpoint_gate() {
-            let mesh = self.upstream_is_mesh_endpoint();
+            let mesh = match self.exchange.role() {
+                Role::Client(ClientGate::IstioMtls) => self.upstream_is_istio_mtls(),
+                _ => self.upstream_is_mesh_endpoint(),
+            };
             events.extend(
                 self.exchange
                     .decide_gate(mesh, self.shared.config.max_frame_bytes),
@@ -214,10 +251,11 @@ impl<H: Host> ExchangeStream<H> {
             peer::is_mutual_tls(property.as_deref())
         };
         if !peer::trusted(config.side, config.trust, mtls) {
-            host_log!(
+            self.shared.warn_limited(
                 &self.host,
-                Warn,
-                "ignoring peer metadata on a connection without mutual TLS (trust: mtls_only)"
+                format_args!(
+                    "ignoring peer metadata on a connection without mutual TLS (trust: mtls_only)"
+                ),
             );
             self.write(peer::not_found());
             return;
@@ -236,7 +274,8 @@ impl<H: Host> ExchangeStream<H> {
 
     fn publish_not_found(&self, why: &NotFound) {
         if why.is_warning(self.shared.config.role) {
-            host_log!(&self.host, Warn, "no peer metadata: {why}");
+            self.shared
+                .warn_limited(&self.host, format_args!("no peer metadata: {why}"));
         } else {
             host_log!(&self.host, Debug, "no peer metadata: {why}");
         }
@@ -249,6 +288,24 @@ impl<H: Host> ExchangeStream<H> {
                 host_log!(&self.host, Error, "setting filter state {key} failed: {e}");
             }
         }
+    }
+
+    /// Client gate `istio_mtls`: is the upstream connection TLS to a SPIFFE identity? Read on
+    /// the first data callback: tcp_proxy reads the downstream only once the upstream is
+    /// connected, and a TLS upstream counts as connected after its handshake (tested for
+    /// client-first and server-first protocols).
+    fn upstream_is_istio_mtls(&self) -> bool {
+        let tls_version = self.host.property_string(&["upstream", "tls_version"]);
+        let peer_san = self
+            .host
+            .property_string(&["upstream", "uri_san_peer_certificate"]);
+        let mtls = endpoint::is_istio_mtls(tls_version.as_deref(), peer_san.as_deref());
+        host_log!(
+            &self.host,
+            Debug,
+            "client gate istio_mtls: tls {tls_version:?}, peer {peer_san:?} -> {mtls}"
+        );
+        mtls
     }
 
     /// Client gate: does the chosen upstream endpoint carry `tlsMode: istio`?
@@ -274,5 +331,20 @@ impl<H: Host> ExchangeStream<H> {
                 false
             }
         }
+    }
+}
+
+/// Declares the peer key this side sets as a typed `google.protobuf.Struct` (see
+/// [`peer::declare_struct`]). A host without `declare_property` still stores the same bytes.
+fn declare_peer_property(host: &impl Host, side: Side) {
+    let key = PeerSlot::of_side(side).peer_key();
+    let args = peer::declare_struct(key);
+    // A second `on_configure` of the same root finds the key declared (BadArgument): fine.
+    if let Err(e) = host.call_foreign_function(peer::DECLARE_PROPERTY, &args) {
+        host_log!(
+            host,
+            Debug,
+            "declare_property({key}) failed: {e}; it stays an untyped value"
+        );
     }
 }

@@ -10,6 +10,8 @@
 pub mod config_error;
 pub mod endpoint;
 pub mod exchange;
+pub mod gateway_node;
+pub mod log_limit;
 pub mod pairs;
 pub mod peer;
 pub mod stats;

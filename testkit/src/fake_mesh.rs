@@ -177,6 +177,7 @@ impl Mesh {
         ];
         if t.mtls {
             client_props.extend([
+                ("upstream.tls_version", b"TLSv1.3".to_vec()),
                 (
                     "upstream.uri_san_peer_certificate",
                     t.server.spiffe().into_bytes(),

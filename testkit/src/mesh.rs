@@ -40,8 +40,11 @@ pub struct MeshOptions {
     pub extra_stats_tags: Vec<&'static str>,
     /// Envoys in their own process group (tests); the demo says false so Ctrl-C reaches them.
     pub own_process_group: bool,
-    /// Envoy's `-l` (default: the kit's, see [`crate::envoy::EnvoyBuilder::log_level`]).
+    /// Envoy's `-l` for both sidecars (default: the kit's, see
+    /// [`crate::envoy::EnvoyBuilder::log_level`]).
     pub log_level: Option<&'static str>,
+    /// Edits the rendered client bootstrap (text in, text out), e.g. another cluster type.
+    pub client_yaml_patch: Option<fn(&str) -> String>,
     /// Applied to each template's text before rendering (the bench lifts circuit breakers and,
     /// for its baseline, removes the Wasm filters); parameters it removes may go unused.
     pub template_edit: Option<fn(&str) -> String>,
@@ -62,6 +65,7 @@ impl Default for MeshOptions {
             extra_stats_tags: Vec::new(),
             own_process_group: true,
             log_level: None,
+            client_yaml_patch: None,
             template_edit: None,
         }
     }
@@ -184,7 +188,10 @@ impl Mesh {
         } else {
             "sidecar-client.yaml"
         };
-        let client_config = render(template, &params);
+        let mut client_config = render(template, &params);
+        if let Some(patch) = opts.client_yaml_patch {
+            client_config = patch(&client_config);
+        }
         let client = start("client", &client_config);
         let client_port = client.listener_port("outbound");
         Mesh {
