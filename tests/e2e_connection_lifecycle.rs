@@ -262,12 +262,18 @@ fn lifetimes_land_in_their_buckets_and_prometheus_computes_quantiles() {
     assert!((1000.0..=5000.0).contains(&p99), "p99 {p99}");
 }
 
-/// A user-defined close-time counter with every close attribute as a label.
+/// A user-defined close-time counter with every close attribute as a label, and the README's
+/// failed-connections metric.
 const ENDED_DEFINITION: &str = r#"{"definitions":[{"name":"istio_tcp_connections_ended_total",
     "value":"connections_closed",
     "dimensions":{"closed_by":"closed_by","close_flags":"close_flags",
                   "termination_details":"termination_details","duration_class":"duration_class",
-                  "destination_service_name":"destination_service_name"}}]}"#;
+                  "destination_service_name":"destination_service_name"}},
+  {"name": "istio_tcp_connections_failed_total", "value": "connections_closed",
+   "dimensions": {"destination_service_name": "destination_service_name",
+                  "close_flags": "close_flags"},
+   "match": {"close_flags": ["UF", "UF,URX", "UH", "UO", "NC"]}}]}"#;
+const FAILED: &str = "istio_tcp_connections_failed_total";
 
 /// The labels of the series of [`ENDED`] that went up by one since `before`.
 fn new_ending(envoy: &Envoy, before: &[Sample]) -> BTreeMap<String, String> {
@@ -361,6 +367,24 @@ fn close_attributes_tell_how_each_connection_ended() {
         "{refused:?}"
     );
     assert_eq!(refused["duration_class"], "subsecond");
+    // It never reached its upstream, so it was opened at close: Istio's response_flags label
+    // carries the failure too (the dashboard's "failed connections" panel counts on it).
+    let closed = samples(&mesh.client, CLOSED);
+    assert_eq!(closed.len(), 1, "{closed:#?}");
+    assert_eq!(closed[0].labels["response_flags"], "UF,URX");
+    let failed = samples(&mesh.client, FAILED);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0].value, 1.0);
+    assert_eq!(
+        failed[0].labels,
+        BTreeMap::from([
+            ("close_flags".to_string(), "UF,URX".to_string()),
+            (
+                "destination_service_name".to_string(),
+                "mongodb".to_string()
+            ),
+        ])
+    );
     drop(mesh);
 
     let backend = closing_backend();
@@ -417,6 +441,9 @@ fn close_attributes_tell_how_each_connection_ended() {
         };
         assert_eq!(l["closed_by"], closer, "{reporter}");
         assert_eq!(l["duration_class"], "seconds", "{reporter}");
+    }
+    for (envoy, reporter) in envoys {
+        assert!(samples(envoy, FAILED).is_empty(), "{reporter}: none failed");
     }
 }
 
