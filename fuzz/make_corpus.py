@@ -87,9 +87,10 @@ write("configs", "assembled-exchange", bytes([1, 3, 0, 0, 3, 3, 6, 8]))
 write("configs", "assembled-stats", bytes([2, 4, 0, 1, 3, 1, 0, 1, 2, 0, 1, 4, 1, 2, 0, 1, 2]))
 
 # exchange_glue: [role, cap, frame choice, events...]; role 0 client tls_mode_istio (bit 7:
-# mesh), 1 always, 2 never, 3 server expect, 4 server detect. Events: op, then its bytes
-# (0 len bytes: incoming; 1 n: next piece of the frame; 2 len bytes: outgoing; 3 len bytes:
-# incoming + end; 4: outgoing end; 5 b: gate; 6: empty incoming; 7: whole frame + app bytes).
+# mesh), 1 always, 2 never, 3 server expect, 4 server detect, 5 client istio_mtls. Events: op,
+# then its bytes (0 len bytes: incoming; 1 n: next piece of the frame; 2 len bytes: outgoing;
+# 3 len bytes: incoming + end; 4: outgoing end; 5 b: gate; 6: empty incoming; 7: whole frame +
+# app bytes; 8: tick; 9: close).
 def script(role, cap, frame, *events):
     return bytes([role, cap, frame]) + b"".join(bytes(e) for e in events)
 
@@ -103,6 +104,7 @@ write("exchange_glue", "server-detect", script(4, 3, 1, [7], out, [3, 0], [4]))
 write("exchange_glue", "detect-server-first", script(4, 3, 0, out, [7], [3, 0]))
 write("exchange_glue", "wrong-type", script(3, 0, 4, [1, 40], [1, 40], out, [3, 0]))
 write("exchange_glue", "garbage-payload", script(1, 0, 5, [7], [3, 0]))
+write("exchange_glue", "istio-mtls-first", script(0x85, 3, 0, out, [7], [8], [9]))
 write("exchange_glue", "gate-closed", script(0, 3, 0, [5, 0], out, [7], [3, 0]))
 write("exchange_glue", "truncated-at-end", script(3, 3, 0, [1, 20], [6], [3, 0]))
 write("exchange_glue", "not-a-frame", script(3, 3, 0, [0, 4] + list(b"PING"), out, [4], [3, 0]))

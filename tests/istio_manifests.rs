@@ -428,7 +428,24 @@ fn client_chain_on_node(node_id: &str, payload: &[u8]) -> (Vec<u8>, String) {
             conn.write_all(&buf[..n])?;
         }
     });
-    let mut filters = chain.filters.clone();
+    // The shipped gate (istio_mtls) sends only over mutual TLS; this cluster is plaintext, so
+    // the gate is opened (`always`) to get a chain that would send a frame on a sidecar node.
+    let mut filters: Vec<serde_json::Value> = chain
+        .filters
+        .iter()
+        .map(|f| {
+            let text = serde_json::to_string(f).unwrap();
+            serde_json::from_str(&text.replace(
+                r#"\"client_gate\":\"istio_mtls\""#,
+                r#"\"client_gate\":\"always\""#,
+            ))
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        serde_json::to_string(&filters).unwrap().contains("always"),
+        "the client exchange's gate was opened"
+    );
     filters.extend(shapes::network_filter_stack(
         shapes::PortProtocol::Tcp,
         "outbound|27017||mongodb.default.svc.cluster.local",

@@ -67,12 +67,14 @@ fn peer_stream(choice: u8) -> Vec<u8> {
 }
 
 fn role_of(b: u8) -> Role {
-    match b % 5 {
+    // Bit 7 is the client gate's answer (see below), not part of the role.
+    match (b & 0x7F) % 6 {
         0 => Role::Client(ClientGate::TlsModeIstio),
         1 => Role::Client(ClientGate::Always),
         2 => Role::Client(ClientGate::Never),
         3 => Role::ServerExpect,
-        _ => Role::ServerDetect,
+        4 => Role::ServerDetect,
+        _ => Role::Client(ClientGate::IstioMtls),
     }
 }
 
@@ -81,6 +83,7 @@ fn exchange_config(role: Role, cap: u32) -> String {
         Role::Client(ClientGate::TlsModeIstio) => r#""side": "client""#,
         Role::Client(ClientGate::Always) => r#""side": "client", "client_gate": "always""#,
         Role::Client(ClientGate::Never) => r#""side": "client", "client_gate": "never""#,
+        Role::Client(ClientGate::IstioMtls) => r#""side": "client", "client_gate": "istio_mtls""#,
         Role::ServerExpect => r#""side": "server""#,
         Role::ServerDetect => r#""side": "server", "server_mode": "detect""#,
     };
@@ -144,7 +147,8 @@ impl Sidecar {
         }
     }
 
-    /// The connection, accepted with its endpoint's metadata (the client's gate).
+    /// The connection, accepted with its endpoint's metadata and, for a mesh peer, mutual TLS
+    /// to a SPIFFE identity upstream (what the client's gates read).
     fn connect(&mut self, mesh_endpoint: bool) -> u32 {
         if let Some(c) = self.connection {
             return c;
@@ -154,16 +158,23 @@ impl Sidecar {
         } else {
             node::INBOUND
         };
-        let c = self.envoy.connect(
-            self.listener,
-            &[
-                ("xds.listener_direction", node::u64_property(direction)),
+        let mut properties = vec![
+            ("xds.listener_direction", node::u64_property(direction)),
+            (
+                "xds.upstream_host_metadata",
+                node::endpoint_metadata(mesh_endpoint, None),
+            ),
+        ];
+        if mesh_endpoint {
+            properties.extend([
+                ("upstream.tls_version", b"TLSv1.3".to_vec()),
                 (
-                    "xds.upstream_host_metadata",
-                    node::endpoint_metadata(mesh_endpoint, None),
+                    "upstream.uri_san_peer_certificate",
+                    b"spiffe://cluster.local/ns/default/sa/fuzz".to_vec(),
                 ),
-            ],
-        );
+            ]);
+        }
+        let c = self.envoy.connect(self.listener, &properties);
         self.connection = Some(c);
         c
     }
@@ -249,7 +260,7 @@ fuzz_target!(|data: &[u8]| {
     // The exchange reads the peer's bytes from the start of the stream (not gate-closed).
     let reads = |gate: Option<bool>| match role {
         Role::Client(ClientGate::Never) => false,
-        Role::Client(ClientGate::TlsModeIstio) => gate == Some(true),
+        Role::Client(ClientGate::TlsModeIstio | ClientGate::IstioMtls) => gate == Some(true),
         _ => true,
     };
 
@@ -365,7 +376,8 @@ fn check(s: &Sidecar, role: Role, cap: u32, reads: bool, our_frame: &[u8], chunk
     assert!(!(found && not_found), "one peer outcome at most");
     assert_eq!(
         found,
-        whole_frame.is_some() && !frame_malformed(received, strip)
+        removed.is_some_and(|len| !frame_malformed(received, len)),
+        "the peer is found iff a usable frame was removed"
     );
     if s.state(id_key) {
         assert!(found, "an id without a peer");
