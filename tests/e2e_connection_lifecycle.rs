@@ -252,9 +252,8 @@ fn lifetimes_land_in_their_buckets_and_prometheus_computes_quantiles() {
     // Real Prometheus, the shipped scrape config: p50 among the short ones, p99 in (1 s, 5 s].
     let prometheus = Prometheus::start(mesh.client.admin_port(), mesh.server().admin_port());
     let quantile = |q: f64| {
-        let promql = format!(
-            "histogram_quantile({q}, sum by (le, reporter) ({DURATION}_bucket{{reporter=\"destination\"}}))"
-        );
+        let buckets = format!("{DURATION}_bucket{{reporter=\"destination\"}}");
+        let promql = format!("histogram_quantile({q}, sum by (le, reporter) ({buckets}))");
         let result = prometheus.wait_for(&promql, 1, Duration::from_secs(30));
         result[0].1.parse::<f64>().unwrap_or(f64::NAN)
     };

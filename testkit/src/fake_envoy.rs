@@ -18,11 +18,15 @@
 //!   on (before it, NotFound, and `connection.mtls` reads false);
 //! - **filter state**: `set_property([key])` is stored as `wasm.<key>`, read back by any filter
 //!   of the connection with `[key]` or `["filter_state", "wasm.<key>"]`;
-//! - **metrics**: one stat per name, shared by every root; **ticks**: each root with a tick
-//!   period, with the root as effective context until it calls `set_effective_context`;
+//! - **metrics**: one stat per name, shared by every root (counters, gauges that go up and
+//!   down but never below zero, histograms keeping every recorded value); **ticks**: each root
+//!   with a tick period, with the root as effective context until it calls
+//!   `set_effective_context`;
 //! - **close**: `on_downstream_data(0, eos)` → `on_upstream_data(0, eos)` (each only if that
-//!   direction had not ended) → `on_downstream_close` → `on_log`, each in filter order →
-//!   contexts dropped;
+//!   direction had not ended) → `on_downstream_close(Remote)` (the client closed) → `on_log`,
+//!   each in filter order → contexts dropped; a test ends the backend's direction first with
+//!   `upstream(id, b"", true)`, and changes a property mid-connection with
+//!   `set_connection_property` (Envoy's `response.flags` at close);
 //! - **foreign functions**: `declare_property` (a name declared twice is BadArgument); a clock
 //!   that moves only when a test says so.
 
