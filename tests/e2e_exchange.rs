@@ -13,6 +13,7 @@ use std::time::Duration;
 use mesh::{request_reply, Mesh, MeshOptions, CLIENT_NODE_ID, SERVER_NODE_ID};
 use support::{
     client_roundtrip, echo_server, greeting_server, prefix_server, wait_for_lines, Backend, Envoy,
+    HalfClose,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -320,15 +321,12 @@ fn hostile_frames_neither_hang_nor_trap() {
 /// Writes `bytes`, waits until the server's filter chain holds them (past the listener's
 /// tls_inspector), half-closes and reads everything back.
 fn send_pause_close(port: u16, bytes: &[u8]) -> Vec<u8> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(WAIT)).unwrap();
-    conn.write_all(bytes).unwrap();
-    thread::sleep(Duration::from_millis(200));
-    conn.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    conn.read_to_end(&mut back)
-        .expect("reply before the timeout: no hang");
-    back
+    support::exchange(
+        port,
+        bytes,
+        HalfClose::AfterPause(Duration::from_millis(200)),
+    )
+    .expect("reply before the timeout: no hang")
 }
 
 /// The bytes after the server sidecar's own frame (expect mode answers a client whose first

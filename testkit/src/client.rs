@@ -17,11 +17,11 @@ pub const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// When the client sends its FIN, and what it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HalfClose {
-    /// Right after writing (the write runs on a second thread, so a large payload cannot
-    /// deadlock against an echo); then read to EOF.
+    /// Right after writing; then read to EOF. The write runs on a second thread, so a large
+    /// payload cannot deadlock against an echo.
     AfterWrite,
     /// After writing and a pause (long enough for the bytes to pass a listener's
-    /// `tls_inspector`); then read to EOF.
+    /// `tls_inspector`), from the writing thread as above; then read to EOF.
     AfterPause(Duration),
     /// After the first `n` reply bytes (request/response); then read the rest to EOF.
     AfterReply(usize),
@@ -32,16 +32,31 @@ pub enum HalfClose {
 /// Connects to 127.0.0.1:`port`, writes `payload`, half-closes as `half_close` says and returns
 /// every byte read. Fails after [`ROUNDTRIP_TIMEOUT`].
 pub fn exchange(port: u16, payload: &[u8], half_close: HalfClose) -> io::Result<Vec<u8>> {
-    let deadline = Instant::now() + ROUNDTRIP_TIMEOUT;
+    exchange_within(port, payload, half_close, ROUNDTRIP_TIMEOUT)
+}
+
+/// [`exchange`] with another deadline.
+pub fn exchange_within(
+    port: u16,
+    payload: &[u8],
+    half_close: HalfClose,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_write_timeout(Some(ROUNDTRIP_TIMEOUT))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut out = Vec::new();
     match &half_close {
-        HalfClose::AfterWrite => {
+        HalfClose::AfterWrite | HalfClose::AfterPause(_) => {
+            let pause = match half_close {
+                HalfClose::AfterPause(pause) => pause,
+                _ => Duration::ZERO,
+            };
             let mut writer = stream.try_clone()?;
             let payload = payload.to_vec();
             let write = thread::spawn(move || -> io::Result<()> {
                 writer.write_all(&payload)?;
+                thread::sleep(pause);
                 writer.shutdown(Shutdown::Write)
             });
             read_until(&mut stream, &mut out, deadline, |_| false)?;
@@ -49,11 +64,6 @@ pub fn exchange(port: u16, payload: &[u8], half_close: HalfClose) -> io::Result<
                 .join()
                 .map_err(|_| io::Error::other("writer thread panicked"))??;
             return Ok(out);
-        }
-        HalfClose::AfterPause(pause) => {
-            stream.write_all(payload)?;
-            thread::sleep(*pause);
-            stream.shutdown(Shutdown::Write)?;
         }
         HalfClose::AfterReply(n) => {
             stream.write_all(payload)?;

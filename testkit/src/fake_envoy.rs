@@ -412,14 +412,51 @@ pub type ListenerId = usize;
 /// A downstream connection accepted on a listener.
 pub type ConnectionId = u32;
 
+/// A stream context as the fake Envoy calls it: the shipped filters' [`Stream`], or, to test
+/// the fake itself, any other (see [`FakeEnvoy::add_test_listener`]).
+pub trait StreamFilter {
+    fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
+    fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
+    fn on_downstream_close(&mut self) {}
+    fn on_log(&mut self) {}
+}
+
+impl StreamFilter for Stream<FakeHost> {
+    fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        Stream::on_downstream_data(self, data_size, end_of_stream)
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        Stream::on_upstream_data(self, data_size, end_of_stream)
+    }
+
+    fn on_downstream_close(&mut self) {
+        Stream::on_downstream_close(self)
+    }
+
+    fn on_log(&mut self) {
+        Stream::on_log(self)
+    }
+}
+
+/// Makes a test filter's stream, given the host of its context.
+pub type MakeStream = Box<dyn Fn(FakeHost) -> Box<dyn StreamFilter>>;
+
+enum Filter {
+    /// A shipped root (`filters::Dispatch`), configured.
+    Shipped(Dispatch<FakeHost>),
+    /// A test filter (no root).
+    Test(MakeStream),
+}
+
 struct Listener {
-    roots: Vec<Dispatch<FakeHost>>,
+    filters: Vec<Filter>,
 }
 
 struct Connection {
     listener: ListenerId,
     /// (context id, stream) per filter, in chain order.
-    streams: Vec<(u32, Stream<FakeHost>)>,
+    streams: Vec<(u32, Box<dyn StreamFilter>)>,
 }
 
 /// One sidecar's worker (see the module docs).
@@ -515,8 +552,19 @@ impl FakeEnvoy {
             }
             roots.push(dispatch);
         }
-        self.listeners.push(Listener { roots });
+        self.listeners.push(Listener {
+            filters: roots.into_iter().map(Filter::Shipped).collect(),
+        });
         Ok(self.listeners.len() - 1)
+    }
+
+    /// A listener whose chain holds test filters (to check the fake's own rules with a filter
+    /// that does what the shipped ones never do, e.g. pause at end of stream).
+    pub fn add_test_listener(&mut self, chain: Vec<MakeStream>) -> ListenerId {
+        self.listeners.push(Listener {
+            filters: chain.into_iter().map(Filter::Test).collect(),
+        });
+        self.listeners.len() - 1
     }
 
     /// A connection accepted on `listener`, with these properties (`("xds.cluster_name",
@@ -528,11 +576,18 @@ impl FakeEnvoy {
     ) -> ConnectionId {
         let id = self.take_id();
         let mut streams = Vec::new();
-        for root in &self.listeners[listener].roots {
+        for filter in &self.listeners[listener].filters {
             let context = self.next_id;
             self.next_id += 1;
             self.world.borrow_mut().contexts.insert(context, id);
-            streams.push((context, root.create_stream(context)));
+            let stream: Box<dyn StreamFilter> = match filter {
+                Filter::Shipped(root) => Box::new(root.create_stream(context)),
+                Filter::Test(make) => make(FakeHost {
+                    world: Rc::clone(&self.world),
+                    root: usize::MAX,
+                }),
+            };
+            streams.push((context, stream));
         }
         let state = ConnectionState {
             properties: properties
@@ -670,9 +725,11 @@ impl FakeEnvoy {
     /// One tick of every root that asked for one (as if each period had elapsed).
     pub fn tick(&mut self) {
         for listener in &mut self.listeners {
-            for root in listener.roots.iter_mut() {
-                self.world.borrow_mut().effective = None;
-                root.on_tick();
+            for filter in listener.filters.iter_mut() {
+                if let Filter::Shipped(root) = filter {
+                    self.world.borrow_mut().effective = None;
+                    root.on_tick();
+                }
             }
         }
     }

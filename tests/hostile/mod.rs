@@ -4,8 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use prost::Message;
 use prost_types::{Any, Struct};
 
 use crate::mesh::parse_prometheus;
-use crate::support::{http_get, Envoy};
+use crate::support::{exchange_within, http_get, Envoy, HalfClose};
 
 pub use istio_tcp_telemetry::logic::exchange::frame::MAGIC_BYTES as MAGIC;
 
@@ -212,25 +211,16 @@ pub fn reset(conn: TcpStream) {
     drop(conn);
 }
 
-/// Writes `bytes` from a second thread (so a large payload cannot deadlock against an echo),
-/// waits `pause` before half-closing (the server sidecar's tls_inspector resets a plaintext
-/// connection whose FIN comes with its first bytes), and reads to EOF.
+/// Writes `bytes`, waits `pause` before half-closing (the server sidecar's tls_inspector resets
+/// a plaintext connection whose FIN comes with its first bytes), and reads to EOF.
 pub fn send_pause_close(port: u16, bytes: &[u8], pause: Duration) -> Vec<u8> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    let mut writer = conn.try_clone().expect("clone");
-    let bytes = bytes.to_vec();
-    let write = thread::spawn(move || {
-        writer.write_all(&bytes).expect("write");
-        thread::sleep(pause);
-        writer.shutdown(Shutdown::Write).expect("half-close");
-    });
-    let mut back = Vec::new();
-    conn.read_to_end(&mut back)
-        .expect("a reply and EOF before the timeout: no hang");
-    write.join().expect("writer");
-    back
+    exchange_within(
+        port,
+        bytes,
+        HalfClose::AfterPause(pause),
+        Duration::from_secs(15),
+    )
+    .expect("a reply and EOF before the timeout: no hang")
 }
 
 /// The bytes after the sidecar's own exchange frame at the start of `back`.
