@@ -417,7 +417,8 @@ pub type ConnectionId = u32;
 pub trait StreamFilter {
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
     fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
-    fn on_downstream_close(&mut self) {}
+    /// `peer`: who closed the downstream connection.
+    fn on_downstream_close(&mut self, _peer: PeerType) {}
     fn on_log(&mut self) {}
 }
 
@@ -430,8 +431,8 @@ impl StreamFilter for Stream<FakeHost> {
         Stream::on_upstream_data(self, data_size, end_of_stream)
     }
 
-    fn on_downstream_close(&mut self) {
-        Stream::on_downstream_close(self)
+    fn on_downstream_close(&mut self, peer: PeerType) {
+        Stream::on_downstream_close(self, peer)
     }
 
     fn on_log(&mut self) {
