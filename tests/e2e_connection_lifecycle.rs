@@ -387,6 +387,10 @@ fn close_attributes_tell_how_each_connection_ended() {
             ),
         ])
     );
+    assert!(
+        samples(&mesh.client, OPEN).is_empty(),
+        "closed before it was opened: the gauge is never touched"
+    );
     drop(mesh);
 
     let backend = closing_backend();
@@ -446,6 +450,8 @@ fn close_attributes_tell_how_each_connection_ended() {
     }
     for (envoy, reporter) in envoys {
         assert!(samples(envoy, FAILED).is_empty(), "{reporter}: none failed");
+        // Every way of ending took its connection off the gauge again.
+        wait_one(envoy, OPEN, 0.0);
     }
 }
 
