@@ -300,6 +300,34 @@ fn lifetimes_go_to_the_histogram_only_when_enabled() {
     );
 }
 
+#[test]
+fn tags_to_remove_and_dimensions_work_on_the_histogram() {
+    let config = r#"{"connection_duration": true,
+        "metrics": [{"name": "tcp_connection_duration_milliseconds",
+                     "tags_to_remove": ["source_principal", "destination_principal"],
+                     "dimensions": {"closed_by": "closed_by"}}]}"#;
+    let mut mesh = MeshBuilder::new()
+        .server_stats(Some(config))
+        .build()
+        .unwrap();
+    let mut link = exchange(&mut mesh);
+    mesh.server.advance(std::time::Duration::from_millis(40));
+    mesh.close(&mut link);
+    let series = mesh.server.histogram_series(DURATION);
+    assert_eq!(series.len(), 1, "{series:?}");
+    let mut want = expected("destination");
+    want.remove("source_principal");
+    want.remove("destination_principal");
+    want.insert("closed_by".into(), "downstream".into());
+    assert_eq!(series[0].0, want);
+    assert_eq!(series[0].1, vec![40]);
+    assert_eq!(
+        one(&mesh.server, CLOSED).0,
+        expected("destination"),
+        "the counters keep every label"
+    );
+}
+
 /// One connection through the mesh, opened on its first bytes, ended 90 s later with Envoy's
 /// `flags` set after it opened; the backend closes first when `backend_first`.
 fn close_with_flags(server_stats: &str, flags: u64, backend_first: bool) -> FakeEnvoy {
