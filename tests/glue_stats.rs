@@ -409,3 +409,41 @@ fn close_attributes_elsewhere_are_refused_naming_the_field() {
         assert!(err.contains("known only at close"), "{err}");
     }
 }
+
+#[test]
+fn repeat_endings_hit_the_close_series_cache_with_the_same_counts() {
+    let config = r#"{"connection_duration": true,
+        "metrics": [{"name": "tcp_connections_closed_total",
+                     "dimensions": {"closed_by": "closed_by", "lifetime": "duration_class"}}]}"#;
+    let mut mesh = MeshBuilder::new()
+        .server_stats(Some(config))
+        .build()
+        .unwrap();
+    let end = |mesh: &mut Mesh, backend_first: bool| {
+        let mut link = exchange(mesh);
+        if backend_first {
+            mesh.backend_sends(&mut link, b"", true);
+        }
+        mesh.close(&mut link);
+    };
+    end(&mut mesh, false);
+    let defined = mesh.server.counters().len();
+    end(&mut mesh, false);
+    end(&mut mesh, false);
+    assert_eq!(mesh.server.counters().len(), defined, "no new stat");
+    let (labels, closed) = one(&mesh.server, CLOSED);
+    assert_eq!((labels["closed_by"].as_str(), closed), ("downstream", 3));
+    assert_eq!(labels["lifetime"], "subsecond");
+    // Another way of ending is another series.
+    end(&mut mesh, true);
+    let mut series = mesh.server.series(CLOSED);
+    series.sort_by(|a, b| a.0["closed_by"].cmp(&b.0["closed_by"]));
+    let got: Vec<(&str, u64)> = series
+        .iter()
+        .map(|(l, v)| (l["closed_by"].as_str(), *v))
+        .collect();
+    assert_eq!(got, [("downstream", 3), ("upstream", 1)]);
+    assert_eq!(one(&mesh.server, OPENED).1, 4);
+    let lifetimes = mesh.server.histogram_series(DURATION);
+    assert_eq!(lifetimes[0].1.len(), 4);
+}

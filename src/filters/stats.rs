@@ -20,8 +20,8 @@ use crate::logic::stats::inputs::{self, paths, LabelInputs};
 use crate::logic::stats::response_flags;
 use crate::logic::stats::series::Handles;
 use crate::logic::stats::{
-    ConnectionFacts, ConnectionStats, Emission, MetricType, Moment, Reporter, SeriesBook,
-    StatsConfig, ValueKind, FOLDED_SERIES_METRIC,
+    ConnectionStats, Emission, MetricType, Moment, Reporter, SeriesBook, StatsConfig, ValueKind,
+    FOLDED_SERIES_METRIC,
 };
 use crate::logic::workload::WorkloadMetadata;
 
@@ -41,7 +41,7 @@ struct Shared {
     local: WorkloadMetadata,
     book: RefCell<SeriesBook<Metric>>,
     folded: Option<Counter>,
-    /// Some metric is resolved at close: keep each connection's facts until then.
+    /// Some metric is resolved at close: keep each connection's label inputs until then.
     close_metrics: bool,
     /// Some metric needs the lifetime: read the host's clock at creation and close.
     clock: bool,
@@ -54,8 +54,8 @@ struct Connection {
     handles: Handles<Metric>,
     reporter: Option<Reporter>,
     order: CloseOrder,
-    /// The facts the labels came from, kept only for metrics resolved at close.
-    facts: Option<ConnectionFacts>,
+    /// The properties the labels came from, kept only for metrics resolved at close.
+    inputs: Option<LabelInputs>,
 }
 
 /// The live connections of one worker by context id: each stream's own entry, and what the
@@ -119,7 +119,7 @@ impl<H: Host + Clone> StatsRoot<H> {
                 handles: Vec::new(),
                 reporter: self.shared.config.reporter,
                 order: CloseOrder::default(),
-                facts: None,
+                inputs: None,
             },
         );
         StatsStream {
@@ -198,24 +198,26 @@ fn step(host: &impl Host, shared: &Shared, connection: &mut Connection, moment: 
         handles,
         reporter,
         order,
-        facts,
+        inputs,
     } = connection;
     let report = stats.step(moment, || {
         peer_decided(host, reporter_or_read(reporter, host))
     });
     if report.labels_needed {
         let gauge = !report.opened_at_close;
-        (*handles, *facts) = handles_of(host, shared, reporter_or_read(reporter, host), gauge);
+        (*handles, *inputs) = handles_of(host, shared, reporter_or_read(reporter, host), gauge);
     }
-    if let (Moment::Close { .. }, Some(facts)) = (moment, facts.as_ref()) {
+    let kept = match moment {
+        Moment::Close { .. } => inputs.take(),
+        _ => None,
+    };
+    if let Some(inputs) = kept {
         let lifetime = report.emissions.iter().find_map(|e| match e {
             Emission::Lifetime(ms) => Some(*ms),
             _ => None,
         });
         let close = close_facts(host, order, lifetime);
-        let series = shared.config.plan.close_series(facts, &close);
-        let resolved = resolve(host, shared, Vec::new(), false, series);
-        handles.extend(resolved);
+        handles.extend(close_handles(host, shared, inputs, &close));
     }
     for emission in report.emissions {
         let (kind, amount) = emission.value();
@@ -272,32 +274,44 @@ fn peer_decided(host: &impl Host, reporter: Reporter) -> bool {
 }
 
 /// The handles of a connection (from the cache when its label inputs were seen before), and
-/// its facts when metrics resolved at close need them. Without `gauge` (a connection opened
-/// only at close) the gauge's series is not defined, and the result not cached.
+/// its label inputs when metrics resolved at close need them. Without `gauge` (a connection
+/// opened only at close) the gauge's series is not defined, and the result not cached.
 fn handles_of(
     host: &impl Host,
     shared: &Shared,
     reporter: Reporter,
     gauge: bool,
-) -> (Handles<Metric>, Option<ConnectionFacts>) {
+) -> (Handles<Metric>, Option<LabelInputs>) {
     let inputs = read_inputs(host, reporter);
+    let kept = shared.close_metrics.then(|| inputs.clone());
     let key = inputs.key();
-    let cached = shared.book.borrow().cached(&key);
-    if let (Some(handles), false) = (&cached, shared.close_metrics) {
-        return (handles.clone(), None);
+    if let Some(handles) = shared.book.borrow().cached(&key) {
+        return (handles, kept);
     }
     let (facts, cacheable) = inputs.into_facts(&shared.local, || upstream_host(host));
-    let handles = match cached {
-        Some(handles) => handles,
-        None => {
-            let mut series = shared.config.plan.series(&facts);
-            if !gauge {
-                series.retain(|s| s.value != ValueKind::ConnectionsOpen);
-            }
-            resolve(host, shared, key, cacheable && gauge, series)
-        }
-    };
-    (handles, shared.close_metrics.then_some(facts))
+    let mut series = shared.config.plan.series(&facts);
+    if !gauge {
+        series.retain(|s| s.value != ValueKind::ConnectionsOpen);
+    }
+    let handles = resolve(host, shared, key, cacheable && gauge, series);
+    (handles, kept)
+}
+
+/// The handles of the metrics resolved at close: cached by the label inputs and the close
+/// attributes' values, so repeat peers ending the same way skip the labels and stat names.
+fn close_handles(
+    host: &impl Host,
+    shared: &Shared,
+    inputs: LabelInputs,
+    close: &CloseFacts,
+) -> Handles<Metric> {
+    let key = close.cache_key(&inputs.key());
+    if let Some(handles) = shared.book.borrow().cached(&key) {
+        return handles;
+    }
+    let (facts, cacheable) = inputs.into_facts(&shared.local, || upstream_host(host));
+    let series = shared.config.plan.close_series(&facts, close);
+    resolve(host, shared, key, cacheable, series)
 }
 
 /// Series → handles through the book (cap, cache), defining each stat as its value's kind.

@@ -114,6 +114,30 @@ impl CloseFacts {
     }
 }
 
+impl CloseFacts {
+    /// The series-cache key of a connection's close-time series: its label inputs' key
+    /// ([`super::inputs::LabelInputs::key`]) and every close attribute's value (the duration
+    /// class, not the lifetime), length-prefixed after a marker no label-inputs key starts with.
+    pub fn cache_key(&self, open_key: &[u8]) -> Vec<u8> {
+        let values = [
+            self.closed_by.as_str(),
+            self.flags.as_str(),
+            self.termination_details.as_str(),
+            duration_class(self.duration_ms),
+        ];
+        let mut key = Vec::with_capacity(1 + open_key.len() + 64);
+        key.push(CLOSE_KEY_MARKER);
+        for part in std::iter::once(open_key).chain(values.iter().map(|v| v.as_bytes())) {
+            key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            key.extend_from_slice(part);
+        }
+        key
+    }
+}
+
+/// First byte of a close-time cache key (label-inputs keys start with the reporter, 0 or 1).
+const CLOSE_KEY_MARKER: u8 = 0xFF;
+
 /// Termination details from the two properties Envoy may have set, first non-empty wins.
 pub fn termination_details(details: Option<&str>, transport_failure: Option<&str>) -> String {
     [details, transport_failure]
@@ -150,6 +174,27 @@ mod tests {
         let mut o = CloseOrder::default();
         o.closed(true, false);
         assert_eq!(o.closed_by(), ClosedBy::Local);
+    }
+
+    #[test]
+    fn cache_keys_differ_by_close_values_not_by_exact_lifetime() {
+        let f = |closed_by, flags: &str, ms| CloseFacts {
+            closed_by,
+            flags: flags.into(),
+            termination_details: "-".into(),
+            duration_ms: Some(ms),
+        };
+        let a = f(ClosedBy::Upstream, "-", 10).cache_key(b"k");
+        assert_eq!(
+            a,
+            f(ClosedBy::Upstream, "-", 900).cache_key(b"k"),
+            "both subsecond"
+        );
+        assert_ne!(a, f(ClosedBy::Upstream, "-", 1000).cache_key(b"k"));
+        assert_ne!(a, f(ClosedBy::Local, "-", 10).cache_key(b"k"));
+        assert_ne!(a, f(ClosedBy::Upstream, "UF", 10).cache_key(b"k"));
+        assert_ne!(a, f(ClosedBy::Upstream, "-", 10).cache_key(b"kk"));
+        assert_eq!(a[0], CLOSE_KEY_MARKER);
     }
 
     #[test]
