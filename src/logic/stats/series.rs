@@ -4,9 +4,10 @@
 //! ([`SeriesLimiter`]) to metric handles (of any type `C`: the glue's host handle, a counter,
 //! gauge or histogram by the value's [`super::plan::MetricType`]), defining each stat name
 //! once, and says how many label sets were folded by it. It also remembers the handles by the
-//! raw label inputs ([`super::inputs::LabelInputs::key`]): connections between
-//! the same workloads skip decoding, 23 labels, four ~700-byte stat names and the counter
-//! lookups. Only results where every series got its own counter are remembered, so the cap
+//! raw label inputs ([`super::inputs::LabelInputs::key`]; for the series resolved at close,
+//! with the close attributes' values, [`super::close::CloseFacts::cache_key`]): connections
+//! between the same workloads skip decoding, 23 labels, four ~700-byte stat names and the
+//! counter lookups. Only results where every series got its own counter are remembered, so the cap
 //! behaves exactly as without the cache; the cache is emptied when full.
 
 use std::collections::HashMap;
