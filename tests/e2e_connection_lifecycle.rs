@@ -182,6 +182,71 @@ fn the_gauge_folds_past_the_cap_and_stays_exact_in_sum() {
     });
 }
 
+/// A plaintext connection straight to the server sidecar claiming to be `workload` (a valid
+/// exchange frame, accepted in detect mode), that has exchanged one request and reply.
+fn hold_as(port: u16, workload: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let frame = hostile::claimed_frame(&[("WORKLOAD_NAME", workload)], "sidecar~x");
+    conn.write_all(&[frame, b"world\n".to_vec()].concat())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"hello world\n") {
+        let n = conn.read(&mut buf).expect("the reply");
+        assert!(n > 0, "closed early: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(hostile::after_frame(&got), b"hello world\n");
+    conn
+}
+
+#[test]
+fn the_gauge_stays_exact_in_sum_with_the_cap_reached_on_two_workers() {
+    // Six peers, one series per metric allowed on each of the two workers: at least four label
+    // sets fold, whichever worker took which connection. Which ones fold depends on that; the
+    // sum over own and overflow series never does.
+    let backend = prefix_server(b"hello ");
+    let opts = MeshOptions {
+        server_stats: r#"{"max_series_per_metric":1}"#.into(),
+        ..two_workers()
+    };
+    let mesh = Mesh::start("lifecycle-gauge-cap-2w", backend.port(), &opts);
+    let server = mesh.server();
+    let total = |s: &[Sample]| s.iter().map(|x| x.value).sum::<f64>();
+    let mut conns: Vec<TcpStream> = (0..6)
+        .map(|i| hold_as(mesh.server_port, &format!("peer-{i}")))
+        .collect();
+    wait_samples(server, OPEN, "6 in sum", |s| total(s) == 6.0);
+    let series = samples(server, OPEN);
+    let overflow: f64 = series
+        .iter()
+        .filter(|x| x.labels.contains_key("overflow"))
+        .map(|x| x.value)
+        .sum();
+    eprintln!(
+        "cap 1, two workers, six peers: {} series, values {:?} (overflow {overflow}), \
+         per-worker active {:?}",
+        series.len(),
+        series.iter().map(|x| x.value).collect::<Vec<_>>(),
+        per_worker_active(server)
+    );
+    assert!(overflow >= 4.0, "{series:#?}");
+    assert!(
+        series.len() <= 3,
+        "one own series per worker, one overflow series (the same stat for both)"
+    );
+    for conn in conns.drain(..3) {
+        finish(conn);
+    }
+    wait_samples(server, OPEN, "3 in sum", |s| total(s) == 3.0);
+    for conn in conns {
+        finish(conn);
+    }
+    wait_samples(server, OPEN, "0 in sum", |s| total(s) == 0.0);
+    wait_samples(server, CLOSED, "6 closed in sum", |s| total(s) == 6.0);
+}
+
 /// `_bucket` samples of `metric` for `reporter`, by `le`.
 fn buckets(envoy: &Envoy, reporter: &str) -> BTreeMap<String, f64> {
     samples(envoy, &format!("{DURATION}_bucket"))
