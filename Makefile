@@ -136,7 +136,7 @@ lint: wasm-target ## rustfmt check and clippy (host, all targets and the testkit
 
 # The tests that need no Envoy, Prometheus or Debian tool: unit tests, golden vectors, and the
 # shipped filters in the fake Envoy (tests/glue_*.rs, tests/fake_envoy.rs).
-NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy
+NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy demo_summary
 
 check: lint ## Fast inner loop: lint and the native tests (no apt, no Envoy; well under a minute warm)
 	cargo test --lib $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads 2

@@ -2,7 +2,7 @@
 //! exchange filter or the stats filter. proxy-wasm's Rust SDK registers a single root factory,
 //! so the choice by `root_id` is made here; the streams it creates are of the chosen filter.
 
-use crate::host::{Action, Buffer, Host};
+use crate::host::{Action, Buffer, Host, PeerType};
 use crate::host_log;
 use crate::logic::gateway_node::is_gateway_node;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
@@ -106,7 +106,7 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_downstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_downstream_data(data_size),
+            Stream::Stats(s) => s.on_downstream_data(data_size, end_of_stream),
         }
     }
 
@@ -114,14 +114,24 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_upstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_upstream_data(data_size),
+            Stream::Stats(s) => s.on_upstream_data(data_size, end_of_stream),
         }
     }
 
-    /// The connection closed (Envoy's close event, not a half-close).
-    pub fn on_downstream_close(&mut self) {
-        if let Stream::Exchange(s) = self {
-            s.on_downstream_close();
+    /// The downstream connection closed (Envoy's close event, not a half-close); `peer`: who
+    /// closed it.
+    pub fn on_downstream_close(&mut self, peer: PeerType) {
+        match self {
+            Stream::Exchange(s) => s.on_downstream_close(),
+            Stream::Stats(s) => s.on_close(true, peer),
+            Stream::PassThrough => {}
+        }
+    }
+
+    /// The upstream connection closed.
+    pub fn on_upstream_close(&mut self, peer: PeerType) {
+        if let Stream::Stats(s) = self {
+            s.on_close(false, peer);
         }
     }
 
