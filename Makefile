@@ -27,7 +27,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen bench envoy tools lint test fuzz-smoke fuzz adversarial run prometheus clean distclean
+.PHONY: help wasm-target build binaryen bench envoy tools lint test fuzz-smoke fuzz adversarial run prometheus clean distclean \
+        build-test-trap soak soak-plot
 
 help: ## List the targets
 	@echo "Targets:"
@@ -59,6 +60,13 @@ build: wasm-target binaryen ## Build the Wasm module (release), then shrink it w
 	@echo "module: $(CURDIR)/$(WASM_OUT)/istio_tcp_telemetry.wasm" \
 		"($$(stat -c %s $(WASM_OUT)/istio_tcp_telemetry.wasm) bytes;" \
 		"$$(stat -c %s $(WASM_OUT)/deps/istio_tcp_telemetry.wasm) before wasm-opt)"
+
+# TEST BUILDS ONLY: the module with a VM trap on a marker (cargo feature test-trap), for the
+# failure-policy tests. Its own target dir, so it never replaces the shipped module.
+TRAP_OUT := target/test-trap/$(WASM_TARGET)/release
+build-test-trap: wasm-target ## Build the test-only trapping module into target/test-trap/
+	cargo build --release --target $(WASM_TARGET) --features test-trap --target-dir target/test-trap
+	@echo "test-trap module: $(CURDIR)/$(TRAP_OUT)/istio_tcp_telemetry.wasm"
 
 binaryen: ## Install Debian's binaryen (wasm-opt) if missing
 	@command -v wasm-opt >/dev/null || { \
@@ -97,7 +105,7 @@ lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib)
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 
-test: lint build envoy tools ## Lint, then unit + integration tests against the real Envoy
+test: lint build build-test-trap envoy tools ## Lint, then unit + integration tests against the real Envoy
 	cargo test -- --test-threads 2
 	$(MAKE) --no-print-directory fuzz-smoke
 
@@ -118,6 +126,22 @@ adversarial: build envoy tools ## The adversarial end-to-end suite at 10^4 conne
 bench: build envoy tools ## Benchmark: tcp_proxy alone vs + both filters, side by side (docs/BENCHMARKS.md)
 	ulimit -Sn "$$(ulimit -Hn)" || true; \
 	BENCH_COMMAND="make bench" cargo bench --bench tcp_bench
+
+# The soak: mixed traffic through both sidecars for SOAK_SECONDS, memory sampled every 30 s
+# (tests/soak.rs; `make test` runs a 60 s version). Samples, log and plot land in docs/soak/.
+SOAK_SECONDS ?= 1200
+soak: build envoy tools ## Soak for SOAK_SECONDS (default 1200), then plot docs/soak/memory.png
+	mkdir -p docs/soak
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SAMPLES=$(CURDIR)/docs/soak/samples.csv \
+		cargo test --test soak -- --nocapture 2>&1 | tee docs/soak/last-run.txt
+	$(MAKE) --no-print-directory soak-plot
+
+soak-plot: ## Plot docs/soak/samples.csv into docs/soak/memory.png (Debian's gnuplot)
+	@command -v gnuplot >/dev/null || { \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox; \
+	}
+	gnuplot docs/soak/memory.gp
 
 run: build envoy tools ## Run the demo (two sidecar Envoys + a backend); ARGS=--once to exit after it
 	cargo run --release --example demo -- $(ARGS)

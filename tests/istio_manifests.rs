@@ -240,6 +240,8 @@ fn wasmplugin_chains(m: &Manifest) -> Result<Vec<Chain>, String> {
         });
         match spec["failStrategy"].as_str() {
             Some("FAIL_OPEN") => config["failure_policy"] = json!("FAIL_OPEN"),
+            // istiod 1.25+ (proxies 1.25+); older proxies only get `fail_open`.
+            Some("FAIL_RELOAD") => config["failure_policy"] = json!("FAIL_RELOAD"),
             Some("FAIL_CLOSE") | None => config["failure_policy"] = json!("FAIL_CLOSED"),
             Some(other) => return Err(format!("{name}: failStrategy {other}")),
         }

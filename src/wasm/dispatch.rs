@@ -78,11 +78,14 @@ impl RootContext for DispatchRoot {
     }
 
     fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
-        match &self.filter {
-            Filter::Exchange(root) => Some(root.create_stream(context_id)),
-            Filter::Stats(root) => Some(root.create_stream(context_id)),
+        let stream = match &self.filter {
+            Filter::Exchange(root) => root.create_stream(context_id),
+            Filter::Stats(root) => root.create_stream(context_id),
             // The SDK panics on None; a context that touches nothing is the safe answer.
-            Filter::Unconfigured => Some(Box::new(PassThrough)),
-        }
+            Filter::Unconfigured => Box::new(PassThrough),
+        };
+        #[cfg(feature = "test-trap")]
+        let stream = Box::new(super::test_trap::TrapTrigger(stream));
+        Some(stream)
     }
 }

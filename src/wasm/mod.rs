@@ -6,6 +6,8 @@ mod exchange;
 mod host;
 mod node;
 mod stats;
+#[cfg(feature = "test-trap")]
+mod test_trap;
 
 proxy_wasm::main! {{
     // Host calls are restricted here; `on_configure` narrows the level to the host's own.
