@@ -114,10 +114,12 @@ tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, dock
 		echo "tools: all present"; \
 	fi
 
-lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib)
+lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib, also with the test-trap feature)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) --lib --features test-trap \
+		--target-dir target/test-trap -- -D warnings
 
 test: lint build build-test-trap envoy tools ## Lint, then unit + integration tests against the real Envoy
 	cargo test -- --test-threads 2
