@@ -15,7 +15,8 @@
 //! the new chains. Checked: every byte of old and new connections comes back unaltered, no held
 //! connection is cut, no VM trapped, and at the end, when everything is closed, both
 //! reporters' four metrics equal exactly what the connections that had the filters moved (old
-//! connections are still reported, at their close, by their old configuration).
+//! connections are still reported, at their close, by their old configuration). A second test
+//! lets Envoy's drain (`--drain-time-s 3`) close the old connections: still counted exactly.
 
 mod hostile;
 mod mesh;
@@ -26,7 +27,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostile::{wait_sums, Rng, CLOSED, OPENED, RECEIVED, SENT};
 use mesh::{
@@ -34,7 +35,7 @@ use mesh::{
     SERVICE_HOST, SERVICE_NAME, SERVICE_NAMESPACE, SERVICE_PORT,
 };
 use serde_json::{json, Value};
-use support::{echo_server, free_port, make_mtls_certs, render, Envoy, TempDir};
+use support::{echo_server, free_port, make_mtls_certs, render, Backend, Envoy, TempDir};
 
 /// Connections held open through every update.
 const HELD: usize = 200;
@@ -54,7 +55,7 @@ struct Sidecar {
 impl Sidecar {
     /// Moves the listener of `bootstrap_yaml` (a rendered template) into an LDS file and
     /// starts Envoy on the rest.
-    fn start(name: &str, bootstrap_yaml: &str) -> Sidecar {
+    fn start(name: &str, bootstrap_yaml: &str, args: &[&str]) -> Sidecar {
         let dir = TempDir::new(&format!("{name}-lds"));
         let mut bootstrap: Value = serde_yaml::from_str(bootstrap_yaml).expect("template YAML");
         let listener = bootstrap["static_resources"]["listeners"][0].take();
@@ -74,6 +75,7 @@ impl Sidecar {
         write_lds(dir.path(), &listener);
         let envoy = Envoy::builder(name, &serde_json::to_string_pretty(&bootstrap).unwrap())
             .concurrency(2)
+            .args(args.iter().copied())
             .start();
         let mut sidecar = Sidecar {
             envoy,
@@ -184,10 +186,11 @@ fn assert_no_trap(envoy: &Envoy, what: &str) {
     }
 }
 
-#[test]
-fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
+/// Both sidecars from the shipped plaintext templates, listeners by LDS, stats every 1 s, in
+/// front of an echo backend; `args` go to both Envoys. Returns (server, client, backend, dir).
+fn start_mesh(name: &str, args: &[&str]) -> (Sidecar, Sidecar, Backend, TempDir) {
     let backend = echo_server();
-    let dir = TempDir::new("lds-update");
+    let dir = TempDir::new(name);
     let certs = make_mtls_certs(&dir.path().join("certs"));
     let wasm = support::wasm_module().display().to_string();
     let service = [
@@ -216,7 +219,11 @@ fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
         ("ACCESS_LOG", dir.file("server-access.log")),
     ];
     p.extend(service.iter().cloned());
-    let mut server = Sidecar::start("lds-server", &render("sidecar-server.yaml", &p));
+    let server = Sidecar::start(
+        &format!("{name}-server"),
+        &render("sidecar-server.yaml", &p),
+        args,
+    );
     let mut p = vec![
         ("ADMIN_PORT", "0".to_string()),
         ("LISTENER_PORT", free_port().to_string()),
@@ -231,7 +238,17 @@ fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
         ("ACCESS_LOG", dir.file("client-access.log")),
     ];
     p.extend(service.iter().cloned());
-    let mut client = Sidecar::start("lds-client", &render("sidecar-client.yaml", &p));
+    let client = Sidecar::start(
+        &format!("{name}-client"),
+        &render("sidecar-client.yaml", &p),
+        args,
+    );
+    (server, client, backend, dir)
+}
+
+#[test]
+fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
+    let (mut server, mut client, _backend, _dir) = start_mesh("lds-update", &[]);
     let port = client.port();
     let mut rng = Rng::new(hostile::seed());
 
@@ -378,4 +395,71 @@ fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
     assert!(opened
         .iter()
         .any(|s| s.labels.get("source_version").is_none_or(|v| v.is_empty())));
+}
+
+/// Envoy's own drain: with `--drain-time-s 3`, connections still open on a replaced filter chain
+/// are closed by Envoy when the drain ends, and their counts are reported at that close by the
+/// old configuration.
+#[test]
+fn connections_closed_by_envoys_drain_are_still_counted() {
+    const DRAINED: usize = 50;
+    let (mut server, mut client, _backend, _dir) =
+        start_mesh("lds-drain", &["--drain-time-s", "3"]);
+    let port = client.port();
+    let mut rng = Rng::new(hostile::seed());
+    let mut held: Vec<Held> = (0..DRAINED)
+        .map(|i| {
+            let mut conn = connect(port);
+            let bytes = round(&mut conn, &mut rng, &format!("drained {i}"));
+            Held { conn, bytes }
+        })
+        .collect();
+    let stats1 = r#"{"tcp_reporting_duration":"2s"}"#;
+    for side in [&mut server, &mut client] {
+        side.update(|f| set_config(f, "istio_tcp_stats", stats1));
+    }
+    let updated = Instant::now();
+    for (i, h) in held.iter_mut().enumerate() {
+        h.bytes += round(
+            &mut h.conn,
+            &mut rng,
+            &format!("drained {i} after the update"),
+        );
+    }
+    // Nothing more is sent: each connection must end by Envoy's hand (EOF or reset).
+    let mut bytes = 0;
+    let mut ended = Vec::new();
+    for (i, h) in held.into_iter().enumerate() {
+        let Held { mut conn, bytes: b } = h;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {}
+            other => panic!("drained {i}: not closed by the drain: {other:?}"),
+        }
+        ended.push(updated.elapsed());
+        bytes += b;
+    }
+    println!(
+        "{DRAINED} connections closed by Envoy's drain, {:?} to {:?} after the update",
+        ended.iter().min().unwrap(),
+        ended.iter().max().unwrap()
+    );
+    let (conns, bytes) = (DRAINED as f64, bytes as f64);
+    for (envoy, what) in [(&client.envoy, "client"), (&server.envoy, "server")] {
+        wait_sums(
+            envoy,
+            what,
+            &[
+                (OPENED, conns),
+                (CLOSED, conns),
+                (RECEIVED, bytes),
+                (SENT, bytes),
+            ],
+            WAIT,
+        );
+        assert_no_trap(envoy, what);
+    }
 }
