@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hostile::{metric_sum, MAGIC, OPENED};
+use hostile::{metric_sum, CLOSED, MAGIC, OPENED};
 use mesh::{
     CLIENT_METADATA, CLIENT_NODE_ID, ENDPOINT_WORKLOAD, SERVER_METADATA, SERVER_NODE_ID,
     SERVICE_HOST, SERVICE_NAME, SERVICE_NAMESPACE, SERVICE_PORT,
@@ -98,14 +98,18 @@ fn every_shipped_configuration_reloads_a_failed_vm() {
         );
         assert!(!text.contains("fail_open"), "{file}: fail_open");
     }
-    let plugins =
-        fs::read_to_string(manifest_dir().join("examples/istio/wasmplugin-tcp-telemetry.yaml"))
-            .expect("wasmplugin");
-    assert_eq!(
-        plugins.matches("failStrategy: FAIL_RELOAD").count(),
-        plugins.matches("kind: WasmPlugin").count(),
-        "every WasmPlugin needs failStrategy: FAIL_RELOAD"
-    );
+    for file in [
+        "examples/istio/wasmplugin-tcp-telemetry.yaml",
+        "examples/istio/wasmplugin-tcp-telemetry-oci.yaml",
+    ] {
+        let text = fs::read_to_string(manifest_dir().join(file)).expect(file);
+        let lines = |want: &str| text.lines().filter(|l| l.trim() == want).count();
+        assert_eq!(
+            lines("failStrategy: FAIL_RELOAD"),
+            lines("kind: WasmPlugin"),
+            "{file}: every WasmPlugin needs failStrategy: FAIL_RELOAD"
+        );
+    }
 }
 
 // ---- topology --------------------------------------------------------------------------------
@@ -315,6 +319,7 @@ struct Observation {
     frame_reached_backend: bool,
     opened_before: f64,
     opened_after: f64,
+    closed_after: f64,
     stats: Vec<String>,
     log: Vec<String>,
 }
@@ -372,6 +377,7 @@ fn observe(policy: &str, side: &'static str) -> Observation {
         .collect();
     thread::sleep(Duration::from_millis(1500)); // one stats flush and the log's batch
     let opened_after = metric_sum(target, OPENED);
+    let closed_after = metric_sum(target, CLOSED);
     let log = target
         .log()
         .lines()
@@ -395,6 +401,7 @@ fn observe(policy: &str, side: &'static str) -> Observation {
         frame_reached_backend: seen.load(Ordering::SeqCst),
         opened_before,
         opened_after,
+        closed_after,
         stats: wasm_stats(target),
         log,
     }
@@ -461,6 +468,12 @@ fn each_failure_policy_measured_after_a_trap() {
                     o.opened_after,
                     o.opened_before + NEW as f64,
                     "{what}: counting again"
+                );
+                // The closes of the connections the failed VM held are lost with it.
+                assert_eq!(
+                    o.closed_after,
+                    o.opened_after - LIVE as f64,
+                    "{what}: closed"
                 );
             }
             if policy.is_empty() || policy.contains("FAIL_CLOSED") {
