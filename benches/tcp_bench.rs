@@ -1281,15 +1281,15 @@ fn main() {
     // Sanity: B really exchanged metadata and counted connections.
     let found = b
         .server
-        .counter("wasmcustom.metadata_exchange.alpn_protocol_found")
+        .counter("wasmcustom.envoy_metadata_exchange.alpn_protocol_found")
         .unwrap_or(0);
     let added = b
         .client
-        .counter("wasmcustom.metadata_exchange.metadata_added")
+        .counter("wasmcustom.envoy_metadata_exchange.metadata_added")
         .unwrap_or(0);
     let a_stats = a.server.stats();
     assert!(
-        !a_stats.contains("wasmcustom.metadata_exchange"),
+        !a_stats.contains("wasmcustom.envoy_metadata_exchange"),
         "variant A must not run the exchange"
     );
     progress!(

@@ -353,7 +353,7 @@ fn hostile_clients_to_the_server_sidecar() {
 
     // 6 streams + stall + close + reset + 1 warm-up + 3 parallel connections, all closed.
     // header_not_found: every hostile stream but the reset (which never reaches end of stream).
-    let mx = "wasmcustom.metadata_exchange.";
+    let mx = "wasmcustom.envoy_metadata_exchange.";
     server.wait_for_counter(&format!("{mx}header_not_found"), 8, WAIT);
     wait_sums(server, "server", &[(OPENED, 13.0), (CLOSED, 13.0)], WAIT);
     assert_unharmed(server, "server sidecar", &health);
@@ -471,7 +471,7 @@ fn hostile_mesh_server_to_the_client_sidecar() {
     let mut conn = ask(port, RESET_MID);
     let _ = conn.read_to_end(&mut Vec::new());
 
-    let mx = "wasmcustom.metadata_exchange.";
+    let mx = "wasmcustom.envoy_metadata_exchange.";
     client.wait_for_counter(&format!("{mx}header_not_found"), 8, WAIT);
     wait_sums(client, "client", &[(OPENED, 11.0), (CLOSED, 11.0)], WAIT);
     assert_unharmed(client, "client sidecar", &health);

@@ -25,7 +25,7 @@ fn golden(name: &str) -> Vec<u8> {
 
 fn mx(envoy: &Envoy, counter: &str) -> u64 {
     envoy
-        .counter(&format!("wasmcustom.metadata_exchange.{counter}"))
+        .counter(&format!("wasmcustom.envoy_metadata_exchange.{counter}"))
         .unwrap_or(0)
 }
 
@@ -75,6 +75,16 @@ fn plaintext_client_first_both_sides_learn() {
         mx(server, "initial_header_not_found") + mx(server, "header_not_found"),
         0
     );
+    // Prometheus names are Istio's (`envoy_metadata_exchange_*`), so its dashboards work.
+    for (envoy, found) in [(&mesh.client, 3), (server, 3)] {
+        let text = envoy.prometheus();
+        let line = format!("envoy_metadata_exchange_alpn_protocol_found{{}} {found}");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        assert!(
+            text.contains("# TYPE envoy_metadata_exchange_metadata_added counter"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -291,9 +301,9 @@ fn hostile_frames_neither_hang_nor_trap() {
         "held bytes delivered unchanged"
     );
 
-    // Not a frame at all.
+    // Not a frame at all: the client runs no exchange, so it is sent no frame either.
     let back = send_pause_close(mesh.server_port, b"GET / HTTP/1.0\r\n\r\n");
-    assert_eq!(after_server_frame(&back), b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(back, b"GET / HTTP/1.0\r\n\r\n");
 
     assert_eq!(mx(server, "header_not_found"), 3);
     assert_eq!(mx(server, "initial_header_not_found"), 1);
@@ -321,7 +331,8 @@ fn send_pause_close(port: u16, bytes: &[u8]) -> Vec<u8> {
     back
 }
 
-/// The bytes after the server sidecar's own frame (expect mode always answers with it).
+/// The bytes after the server sidecar's own frame (expect mode answers a client whose first
+/// bytes were the magic).
 fn after_server_frame(back: &[u8]) -> &[u8] {
     assert!(
         back.starts_with(&MAGIC),
@@ -362,11 +373,15 @@ fn many_connections_on_two_workers_all_exchange() {
     }
     let server = mesh.server();
     mesh.client.wait_for_counter(
-        "wasmcustom.metadata_exchange.alpn_protocol_found",
+        "wasmcustom.envoy_metadata_exchange.alpn_protocol_found",
         200,
         WAIT,
     );
-    server.wait_for_counter("wasmcustom.metadata_exchange.metadata_added", 200, WAIT);
+    server.wait_for_counter(
+        "wasmcustom.envoy_metadata_exchange.metadata_added",
+        200,
+        WAIT,
+    );
     assert_eq!(mx(&mesh.client, "metadata_added"), 200);
     let lines = access_lines(&mesh.server_access_log, 200);
     assert!(

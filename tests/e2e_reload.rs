@@ -301,11 +301,11 @@ fn hot_restart_keeps_counts_only_for_series_the_child_reports() {
     assert_eq!(after, expected_child, "what survives a hot restart");
     // The exchange's own counters, which every VM defines at start-up, keep the parent's counts.
     assert_eq!(
-        child.counter("wasmcustom.metadata_exchange.alpn_protocol_found"),
+        child.counter("wasmcustom.envoy_metadata_exchange.alpn_protocol_found"),
         Some(1)
     );
     assert_eq!(
-        child.counter("wasmcustom.metadata_exchange.alpn_protocol_not_found"),
+        child.counter("wasmcustom.envoy_metadata_exchange.alpn_protocol_not_found"),
         Some(7)
     );
     drop(child);

@@ -30,13 +30,19 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Istio's labels for ratings-v2 → mongodb-v1 as `reporter` sees them.
 fn expected(reporter: &str, mtls: bool) -> BTreeMap<String, String> {
+    labels(&expected_in_order(reporter, mtls))
+}
+
+/// The same labels in the order Istio's series list them (tools that compare series as text
+/// depend on it).
+fn expected_in_order(reporter: &str, mtls: bool) -> Vec<(&'static str, &str)> {
     let (src_principal, dst_principal, policy) = match (reporter, mtls) {
         ("source", true) => (CLIENT_SPIFFE, SERVER_SPIFFE, "unknown"),
         ("source", false) => ("unknown", "unknown", "unknown"),
         (_, true) => (CLIENT_SPIFFE, SERVER_SPIFFE, "mutual_tls"),
         (_, false) => ("unknown", "unknown", "none"),
     };
-    labels(&[
+    vec![
         ("reporter", reporter),
         ("source_workload", "ratings-v2"),
         ("source_canonical_service", "ratings-v2"),
@@ -60,7 +66,16 @@ fn expected(reporter: &str, mtls: bool) -> BTreeMap<String, String> {
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
         ("connection_security_policy", policy),
-    ])
+    ]
+}
+
+/// One whole `/stats/prometheus` line, as Istio prints it.
+fn istio_line(metric: &str, reporter: &str, mtls: bool, value: u64) -> String {
+    let labels: Vec<String> = expected_in_order(reporter, mtls)
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect();
+    format!("{metric}{{{}}} {value}", labels.join(","))
 }
 
 fn samples(envoy: &support::Envoy, metric: &str) -> Vec<Sample> {
@@ -113,6 +128,13 @@ fn ten_hello_worlds(mtls: bool) {
         ] {
             let sample = wait_series(envoy, metric, value);
             assert_eq!(sample.labels, want, "{reporter} {metric}: every label");
+            // The whole line as text: label order is part of Istio's output.
+            let line = istio_line(metric, reporter, mtls, value as u64);
+            let text = envoy.prometheus();
+            assert!(
+                text.lines().any(|l| l == line),
+                "{reporter}: wanted the line\n{line}\nin\n{text}"
+            );
         }
     }
     // Cross-check with Envoy's own tcp_proxy counters: the client's downstream is the app; the

@@ -12,11 +12,13 @@
 //! never strip past the buffer):
 //! - incoming: delivered + held = received minus exactly one prefix, and that prefix is
 //!   removed iff the received bytes start with a whole frame (magic, length under the cap, all
-//!   of its payload) while the exchange was reading; then `PeerFound` carries its length. Held
+//!   of its payload; in detect mode also a payload that parses as a protobuf `Any`) while the
+//!   exchange was reading; then `PeerFound` carries its length. Held
 //!   bytes are only ever a frame prefix, and none are held once the stream ended or the
 //!   exchange settled;
 //! - outgoing: delivered = received, or our frame + received, and the frame goes only where the
-//!   role allows it (detect: only after the peer's frame);
+//!   role allows it (detect: only after the peer's frame; expect: not once the client's bytes
+//!   showed no magic);
 //! - at most one peer outcome, at most one gate count; bounded holding.
 
 #![no_main]
@@ -143,14 +145,19 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(sim: &SimConnection, role: Role, cap: u32, reads: bool, our_frame: &[u8], chunk: usize) {
-    // ---- incoming
     let received = &sim.incoming.received;
+    // ---- incoming
     let whole_frame = (reads && received.len() >= HEADER_LEN && received[..4] == MAGIC_BYTES)
         .then(|| u32::from_be_bytes([received[4], received[5], received[6], received[7]]))
         .filter(|d| *d <= cap)
         .map(|d| HEADER_LEN + d as usize)
         .filter(|len| received.len() >= *len);
-    let strip = whole_frame.unwrap_or(0);
+    // Detect mode removes only a provable frame: its payload must be a protobuf `Any`.
+    let provable = |len: &usize| {
+        role != Role::ServerDetect || Any::decode(&received[HEADER_LEN..*len]).is_ok()
+    };
+    let removed = whole_frame.filter(provable);
+    let strip = removed.unwrap_or(0);
     let mut seen = sim.incoming.delivered.clone();
     seen.extend_from_slice(&sim.incoming.held);
     assert_eq!(
@@ -202,7 +209,7 @@ fn check(sim: &SimConnection, role: Role, cap: u32, reads: bool, our_frame: &[u8
     if let Some(len) = found.first() {
         assert_eq!(
             Some(*len),
-            whole_frame,
+            removed,
             "PeerFound's frame is what was stripped"
         );
     }
@@ -233,7 +240,13 @@ fn check(sim: &SimConnection, role: Role, cap: u32, reads: bool, our_frame: &[u8
             Role::ServerDetect => assert_eq!(found.len(), 1, "detect answered a non-peer"),
             Role::ServerExpect => {}
         }
-    } else if reads && !matches!(role, Role::ServerDetect) {
+    } else if reads
+        && !matches!(role, Role::ServerDetect)
+        && (role != Role::ServerExpect
+            || received.is_empty()
+            || (received.len() >= 4 && received[..4] == MAGIC_BYTES))
+    {
+        // Expect mode stays silent once the client's first bytes were not the magic.
         assert!(
             sim.outgoing.received.is_empty(),
             "an open gate sends on the first outgoing bytes"

@@ -40,6 +40,14 @@ pub fn is_mesh_endpoint(md: &Metadata) -> bool {
         .is_some_and(|mode| mode == TLS_MODE_ISTIO)
 }
 
+/// The `istio_mtls` client gate: the upstream connection is TLS (`upstream.tls_version` is set)
+/// and the server's certificate has a SPIFFE URI SAN (`upstream.uri_san_peer_certificate`), as
+/// every Istio workload certificate has.
+pub fn is_istio_mtls(tls_version: Option<&str>, peer_uri_san: Option<&str>) -> bool {
+    tls_version.is_some_and(|v| !v.is_empty())
+        && peer_uri_san.is_some_and(|san| san.starts_with("spiffe://"))
+}
+
 /// The endpoint's `istio.workload` string, if any.
 pub fn istio_workload(md: &Metadata) -> Option<&str> {
     filter_struct(md, ISTIO).and_then(|s| string_field(s, WORKLOAD))
@@ -72,6 +80,16 @@ pub fn istio_service(md: &Metadata) -> Option<ServiceRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn istio_mtls_needs_tls_and_a_spiffe_peer() {
+        let san = Some("spiffe://cluster.local/ns/default/sa/mongodb");
+        assert!(is_istio_mtls(Some("TLSv1.3"), san));
+        assert!(!is_istio_mtls(None, san));
+        assert!(!is_istio_mtls(Some(""), san));
+        assert!(!is_istio_mtls(Some("TLSv1.3"), None));
+        assert!(!is_istio_mtls(Some("TLSv1.3"), Some("https://example.com")));
+    }
     use crate::logic::workload::{string_value, struct_value};
     use prost_types::{ListValue, Value};
 

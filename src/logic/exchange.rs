@@ -11,10 +11,10 @@
 //! (inbound listener) outgoing is the upstream direction. The glue maps directions; this module
 //! decides. Invariant (fuzzed): the bytes delivered equal the bytes received minus exactly one
 //! stripped frame, which is the whole of a frame that had the magic, a length under the cap and
-//! all its payload.
+//! all its payload (in detect mode, a payload that parses as a protobuf `Any`).
 
 use super::exchange_config::{ClientGate, Role};
-use super::frame::{Decoded, FrameDecoder, Malformed, PeerFrame};
+use super::frame::{Decoded, FrameDecoder, Malformed, PeerFrame, MAGIC_BYTES};
 
 /// Counters with Istio's names. "ALPN found" maps to our gate decision (see README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,15 @@ impl Counter {
             Counter::MetadataAdded => "metadata_added",
         }
     }
+
+    /// The name given to Envoy: `envoy_<stat_prefix>.<counter>`. Envoy files Wasm metrics under
+    /// `wasmcustom.` and prints them in Prometheus without that namespace and without the
+    /// `envoy_` every native stat gets; Istio's native filter is a native stat
+    /// (`<stat_prefix>.<counter>`, so `envoy_metadata_exchange_alpn_protocol_found`). Adding the
+    /// `envoy_` here gives the same Prometheus name, so Istio's dashboards and alerts work.
+    pub fn stat_name(self, stat_prefix: &str) -> String {
+        format!("envoy_{stat_prefix}.{}", self.name())
+    }
 }
 
 /// Why the peer is decidedly unknown.
@@ -59,15 +68,21 @@ pub enum NotFound {
     Malformed(Malformed),
     /// The stream ended (or the host failed) in the middle of a frame.
     Truncated { bytes: usize },
+    /// Detect mode: a valid-looking header whose payload is not a `google.protobuf.Any`. That
+    /// is no proof of a mesh peer, so every byte passes through untouched.
+    Lookalike { frame_len: usize },
+    /// The connection closed before anything decided the peer (e.g. it carried no bytes).
+    ClosedUndecided,
 }
 
 impl NotFound {
     /// Whether this is a plain "no mesh peer" (debug) or a broken peer worth a warning.
+    /// Nothing a peer on a detect chain can send is worth one: that chain is open to any client.
+    /// Elsewhere the glue rate-limits the warnings (the counters count every case).
     pub fn is_warning(&self, role: Role) -> bool {
         match self {
-            NotFound::GateClosed => false,
-            NotFound::NotAFrame => role != Role::ServerDetect,
-            _ => true,
+            NotFound::GateClosed | NotFound::ClosedUndecided | NotFound::Lookalike { .. } => false,
+            _ => role != Role::ServerDetect,
         }
     }
 }
@@ -87,6 +102,12 @@ impl std::fmt::Display for NotFound {
             NotFound::Truncated { bytes } => {
                 write!(f, "stream ended {bytes} bytes into the peer frame")
             }
+            NotFound::Lookalike { frame_len } => write!(
+                f,
+                "{frame_len} bytes look like a frame but the payload is not a \
+                 google.protobuf.Any; passed through untouched"
+            ),
+            NotFound::ClosedUndecided => write!(f, "connection closed before the peer was known"),
         }
     }
 }
@@ -151,7 +172,10 @@ impl Exchange {
         let (gate, receiving) = match role {
             Role::Client(ClientGate::Always) => (Gate::Open, decoder()),
             Role::Client(ClientGate::Never) => (Gate::Closed, Receiving::NotFound),
-            Role::Client(ClientGate::TlsModeIstio) => (Gate::Unknown, Receiving::Idle),
+            // Decided on the first data callback, from the endpoint or the upstream connection.
+            Role::Client(ClientGate::TlsModeIstio | ClientGate::IstioMtls) => {
+                (Gate::Unknown, Receiving::Idle)
+            }
             // The chain was picked by ALPN: the peer speaks the protocol.
             Role::ServerExpect => (Gate::Open, decoder()),
             // Decided by the first incoming bytes.
@@ -198,7 +222,8 @@ impl Exchange {
         }
     }
 
-    /// Client: the endpoint's metadata says whether it is a mesh endpoint.
+    /// Client: the endpoint's metadata (or, for `istio_mtls`, the upstream connection) says
+    /// whether the peer is a mesh peer.
     pub fn decide_gate(&mut self, mesh_endpoint: bool, max_frame_bytes: u32) -> Vec<Event> {
         if !self.needs_endpoint_gate() {
             return Vec::new();
@@ -246,7 +271,11 @@ impl Exchange {
             return verdict;
         }
         let allowed = match self.role {
-            Role::Client(_) | Role::ServerExpect => self.gate == Gate::Open,
+            Role::Client(_) => self.gate == Gate::Open,
+            // Answer a client that sent a frame, or speak first when the backend does before the
+            // client sent anything (server-first). `not_found` skips sending once the client's
+            // bytes showed no frame.
+            Role::ServerExpect => self.gate == Gate::Open,
             // Answer only a peer that already showed a whole frame; we cannot hold the
             // backend's bytes until the client speaks (server-first protocols would deadlock).
             Role::ServerDetect => matches!(self.receiving, Receiving::Found),
@@ -293,6 +322,14 @@ impl Exchange {
                 verdict.events.push(Event::Count(Counter::HeaderNotFound));
                 self.not_found(&mut verdict, NotFound::TooLarge { declared });
             }
+            Decoded::Malformed {
+                frame_len,
+                reason: Malformed::BadAny,
+            } if self.role == Role::ServerDetect => {
+                // Not proof of an exchange frame: leave every byte, header included.
+                self.count_no_frame(&mut verdict, Counter::InitialHeaderNotFound);
+                self.not_found(&mut verdict, NotFound::Lookalike { frame_len });
+            }
             Decoded::Malformed { frame_len, reason } => {
                 self.count_detected(&mut verdict);
                 verdict.events.push(Event::Count(Counter::HeaderNotFound));
@@ -307,6 +344,19 @@ impl Exchange {
             }
         }
         verdict
+    }
+
+    /// The connection is closing: a peer nothing decided yet (no bytes, or bytes still held) is
+    /// decidedly absent, so filter state (access logs) agrees with the stats' `unknown` peer.
+    pub fn on_close(&mut self) -> Vec<Event> {
+        if let Receiving::Found | Receiving::NotFound = self.receiving {
+            return Vec::new();
+        }
+        self.receiving = Receiving::NotFound;
+        if self.sending == Sending::Pending {
+            self.sending = Sending::Skipped;
+        }
+        vec![Event::PeerNotFound(NotFound::ClosedUndecided)]
     }
 
     /// The host failed mid-exchange (e.g. a buffer read): stop reading, deliver what is held.
@@ -346,7 +396,19 @@ impl Exchange {
 
     fn not_found(&mut self, verdict: &mut Verdict, why: NotFound) {
         self.receiving = Receiving::NotFound;
-        if self.role == Role::ServerDetect && self.sending == Sending::Pending {
+        // Expect mode: a client whose bytes did not start with the magic runs no exchange (e.g.
+        // it offered the ALPN without the filter): our frame would reach its application.
+        let client_sent_no_frame = match why {
+            NotFound::NotAFrame => true,
+            NotFound::Truncated { bytes } => bytes < MAGIC_BYTES.len(),
+            _ => false,
+        };
+        let stop_sending = match self.role {
+            Role::ServerDetect => true,
+            Role::ServerExpect => client_sent_no_frame,
+            Role::Client(_) => false,
+        };
+        if stop_sending && self.sending == Sending::Pending {
             self.sending = Sending::Skipped;
         }
         verdict.events.push(Event::PeerNotFound(why));

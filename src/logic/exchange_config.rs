@@ -48,6 +48,11 @@ pub enum ClientGate {
     /// exactly the endpoints Istio would negotiate `istio-peer-exchange` with.
     #[default]
     TlsModeIstio,
+    /// When the upstream connection is TLS and the server's certificate carries a SPIFFE URI
+    /// SAN: the connection is Istio mutual TLS, whatever the endpoint's labels say (headless
+    /// services / ORIGINAL_DST clusters have none; a `tlsMode: istio` label reached over
+    /// plaintext gets nothing).
+    IstioMtls,
     Always,
     Never,
 }
@@ -182,6 +187,8 @@ mod tests {
         assert_eq!(c.role, Role::ServerDetect);
         let c = ExchangeConfig::parse(br#"{"side":"server"}"#).unwrap();
         assert_eq!(c.role, Role::ServerExpect);
+        let c = ExchangeConfig::parse(br#"{"side":"client","client_gate":"istio_mtls"}"#).unwrap();
+        assert_eq!(c.role, Role::Client(ClientGate::IstioMtls));
     }
 
     #[test]

@@ -291,3 +291,96 @@ fn empty_outgoing_chunks_do_not_carry_the_frame() {
     assert!(s.outgoing.delivered.is_empty());
     assert_eq!(s.count(Counter::MetadataAdded), 0);
 }
+
+#[test]
+fn counter_stat_names_get_envoys_prefix_like_a_native_stat() {
+    assert_eq!(
+        Counter::AlpnProtocolFound.stat_name("metadata_exchange"),
+        "envoy_metadata_exchange.alpn_protocol_found"
+    );
+    assert_eq!(
+        Counter::MetadataAdded.stat_name("mx.outbound"),
+        "envoy_mx.outbound.metadata_added"
+    );
+}
+
+/// A valid header whose payload is not a protobuf `Any` (a field tag with wire type 7).
+fn lookalike_frame() -> Vec<u8> {
+    let mut bytes = MAGIC_BYTES.to_vec();
+    bytes.extend_from_slice(&4u32.to_be_bytes());
+    bytes.extend_from_slice(&[0xFF; 4]);
+    bytes
+}
+
+#[test]
+fn detect_mode_passes_a_lookalike_frame_untouched() {
+    let mut s = sim(Role::ServerDetect);
+    let bytes = with_app(&lookalike_frame(), b"app");
+    s.incoming(&bytes, false);
+    assert_eq!(s.incoming.delivered, bytes, "header included");
+    assert_eq!(s.count(Counter::AlpnProtocolNotFound), 1);
+    assert_eq!(s.count(Counter::AlpnProtocolFound), 0);
+    assert!(s.events.iter().any(|e| matches!(
+        e,
+        Event::PeerNotFound(NotFound::Lookalike { frame_len: 12 })
+    )));
+    s.outgoing(b"reply", false);
+    assert_eq!(s.outgoing.delivered, b"reply", "no answer");
+    assert!(!NotFound::Lookalike { frame_len: 12 }.is_warning(Role::ServerDetect));
+}
+
+#[test]
+fn detect_mode_still_strips_an_any_of_the_wrong_type() {
+    let mut s = sim(Role::ServerDetect);
+    let any = prost_types::Any {
+        type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+        value: Vec::new(),
+    };
+    let payload = prost::Message::encode_to_vec(&any);
+    let mut bytes = MAGIC_BYTES.to_vec();
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+    s.incoming(&with_app(&bytes, b"app"), false);
+    assert_eq!(s.incoming.delivered, b"app");
+    assert_eq!(s.count(Counter::HeaderNotFound), 1);
+}
+
+#[test]
+fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
+    let mut s = sim(Role::ServerExpect);
+    s.incoming(b"PING\r\n", false);
+    s.outgoing(b"+PONG\r\n", false);
+    assert_eq!(s.outgoing.delivered, b"+PONG\r\n");
+    assert_eq!(s.count(Counter::MetadataAdded), 0);
+}
+
+#[test]
+fn expect_mode_answers_a_client_whose_frame_was_unusable() {
+    let mut s = sim(Role::ServerExpect);
+    s.incoming(&with_app(&lookalike_frame(), b"app"), false);
+    assert_eq!(s.incoming.delivered, b"app", "expect mode keeps stripping");
+    s.outgoing(b"reply", false);
+    assert_eq!(s.count(Counter::MetadataAdded), 1);
+}
+
+#[test]
+fn close_before_the_peer_is_known_is_peer_not_found() {
+    for role in [
+        Role::ServerExpect,
+        Role::ServerDetect,
+        Role::Client(ClientGate::TlsModeIstio),
+    ] {
+        let mut s = sim(role);
+        let events = s.exchange.on_close();
+        assert_eq!(
+            events,
+            vec![Event::PeerNotFound(NotFound::ClosedUndecided)],
+            "{role:?}"
+        );
+        assert!(s.exchange.on_close().is_empty(), "once");
+        assert!(s.exchange.is_settled());
+    }
+    let mut decided = sim(Role::ServerDetect);
+    decided.incoming(b"plain", false);
+    assert!(decided.exchange.on_close().is_empty());
+}

@@ -2,6 +2,7 @@
 //! exchange's outgoing/incoming directions, applies verdicts to the buffers, and publishes the
 //! peer in filter state.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use prost::Message;
@@ -10,8 +11,10 @@ use proxy_wasm::types::Action;
 
 use crate::logic::endpoint;
 use crate::logic::exchange::{Counter, Event, Exchange, NotFound, Verdict};
-use crate::logic::exchange_config::{ExchangeConfig, PeerTrust, Side};
+use crate::logic::exchange_config::{ClientGate, ExchangeConfig, PeerTrust, Role, Side};
 use crate::logic::frame::{encode_frame, PeerFrame};
+use crate::logic::log_limit::{WarnLimiter, WARN_INTERVAL_NANOS};
+use crate::logic::peer_property;
 use crate::logic::workload::WorkloadMetadata;
 
 use super::host::{self, Buffer};
@@ -30,6 +33,26 @@ struct Shared {
     config: ExchangeConfig,
     our_frame: Vec<u8>,
     counters: [Option<u32>; Counter::ALL.len()],
+    /// A peer can cause a "no peer metadata" case on every connection: warn once a minute.
+    warnings: RefCell<WarnLimiter>,
+}
+
+impl Shared {
+    /// A warning a network peer can cause: at most one per interval on this worker, the rest at
+    /// debug level (the counters count every case).
+    fn warn_limited(&self, message: std::fmt::Arguments) {
+        let allowed = self
+            .warnings
+            .borrow_mut()
+            .allow(host::now_nanos(), WARN_INTERVAL_NANOS);
+        match allowed {
+            Some(0) => log::warn!("{message}"),
+            Some(suppressed) => log::warn!(
+                "{message} (and {suppressed} similar since the last warning, logged at debug)"
+            ),
+            None => log::debug!("{message}"),
+        }
+    }
 }
 
 pub struct ExchangeRoot {
@@ -46,11 +69,12 @@ impl ExchangeRoot {
         );
         let mut counters = [None; Counter::ALL.len()];
         for (slot, counter) in counters.iter_mut().zip(Counter::ALL) {
-            let name = format!("{}.{}", config.stat_prefix, counter.name());
+            let name = counter.stat_name(&config.stat_prefix);
             *slot = host::define_counter(&name)
                 .map_err(|e| log::warn!("defining counter {name} failed: {e}"))
                 .ok();
         }
+        declare_peer_property(config.side);
         log::info!(
             "metadata exchange configured: {:?}, frame {} bytes, local workload {:?}",
             config.role,
@@ -62,6 +86,7 @@ impl ExchangeRoot {
                 config,
                 our_frame,
                 counters,
+                warnings: RefCell::new(WarnLimiter::default()),
             }),
         })
     }
@@ -98,6 +123,13 @@ impl StreamContext for ExchangeStream {
             Side::Server => self.outgoing(Buffer::Upstream, data_size),
         }
     }
+
+    /// The connection closed (Envoy's close event, not a half-close). `on_upstream_close` is not
+    /// used: Envoy calls it on the upstream's end of stream, after which the client may still
+    /// send its frame, which must then still be stripped.
+    fn on_downstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
+        self.close();
+    }
 }
 
 impl ExchangeStream {
@@ -109,12 +141,22 @@ impl ExchangeStream {
         self.started = true;
         let mut events = self.exchange.start();
         if self.exchange.needs_endpoint_gate() {
-            let mesh = upstream_is_mesh_endpoint();
+            let mesh = match self.exchange.role() {
+                Role::Client(ClientGate::IstioMtls) => upstream_is_istio_mtls(),
+                _ => upstream_is_mesh_endpoint(),
+            };
             events.extend(
                 self.exchange
                     .decide_gate(mesh, self.shared.config.max_frame_bytes),
             );
         }
+        self.apply_events(events);
+    }
+
+    /// The connection closed: a peer still undecided is `peer_not_found` (before tcp_proxy's
+    /// access log runs, so the log agrees with the stats' `unknown` peer).
+    fn close(&mut self) {
+        let events = self.exchange.on_close();
         self.apply_events(events);
     }
 
@@ -194,9 +236,9 @@ impl ExchangeStream {
             && config.trust == PeerTrust::MtlsOnly
             && !connection_is_mtls()
         {
-            log::warn!(
+            self.shared.warn_limited(format_args!(
                 "ignoring peer metadata on a connection without mutual TLS (trust: mtls_only)"
-            );
+            ));
             self.set_state(keys::PEER_NOT_FOUND, b"true");
             return;
         }
@@ -218,7 +260,8 @@ impl ExchangeStream {
 
     fn publish_not_found(&self, why: &NotFound) {
         if why.is_warning(self.shared.config.role) {
-            log::warn!("no peer metadata: {why}");
+            self.shared
+                .warn_limited(format_args!("no peer metadata: {why}"));
         } else {
             log::debug!("no peer metadata: {why}");
         }
@@ -246,6 +289,32 @@ fn upstream_is_mesh_endpoint() -> bool {
             log::warn!("reading upstream host metadata failed: {e}; treating as non-mesh");
             false
         }
+    }
+}
+
+/// Client gate `istio_mtls`: is the upstream connection TLS to a SPIFFE identity? Read on the
+/// first data callback: tcp_proxy reads the downstream only once the upstream is connected,
+/// and a TLS upstream counts as connected after its handshake (tested for client-first and
+/// server-first protocols).
+fn upstream_is_istio_mtls() -> bool {
+    let tls_version = host::get_property_string(&["upstream", "tls_version"]);
+    let peer_san = host::get_property_string(&["upstream", "uri_san_peer_certificate"]);
+    let mtls = endpoint::is_istio_mtls(tls_version.as_deref(), peer_san.as_deref());
+    log::debug!("client gate istio_mtls: tls {tls_version:?}, peer {peer_san:?} -> {mtls}");
+    mtls
+}
+
+/// Declares the peer key we set as a typed `google.protobuf.Struct` (see
+/// `logic::peer_property`). A host without `declare_property` still stores the same bytes.
+fn declare_peer_property(side: Side) {
+    let key = match side {
+        Side::Server => keys::DOWNSTREAM_PEER,
+        Side::Client => keys::UPSTREAM_PEER,
+    };
+    let args = peer_property::declare_struct(key);
+    // A second `on_configure` of the same root finds the key declared (BadArgument): fine.
+    if let Err(e) = host::call_foreign_function(peer_property::DECLARE_PROPERTY, &args) {
+        log::debug!("declare_property({key}) failed: {e}; it stays an untyped value");
     }
 }
 

@@ -75,6 +75,15 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 }
 
 /// Asks for `on_tick` on this root every `period`.
@@ -223,5 +232,37 @@ pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
     match unsafe { proxy_set_effective_context(context_id) } {
         OK => Ok(()),
         other => Err(HostError(other)),
+    }
+}
+
+/// Calls a host foreign function (e.g. Envoy's `declare_property`); its result bytes, if any.
+pub fn call_foreign_function(name: &str, arguments: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the slices and out-pointers are valid for the call.
+    let status = unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            arguments.as_ptr(),
+            arguments.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    match status {
+        // SAFETY: on OK the host allocated `data` (if any) through our allocator.
+        OK => Ok(unsafe { take_host_bytes(data, size) }),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The host's wall clock in nanoseconds (0 if it fails: rate limits then stay conservative).
+pub fn now_nanos() -> u64 {
+    let mut t = 0;
+    // SAFETY: `t` is valid for the call.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
+        OK => t,
+        _ => 0,
     }
 }

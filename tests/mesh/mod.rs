@@ -41,6 +41,10 @@ pub struct MeshOptions {
     pub extra_stats_tags: Vec<&'static str>,
     /// Envoys in their own process group (tests); the demo says false so Ctrl-C reaches them.
     pub own_process_group: bool,
+    /// Edits the rendered client bootstrap (text in, text out), e.g. another cluster type.
+    pub client_yaml_patch: Option<fn(&str) -> String>,
+    /// Envoy's log level (`-l`) for both sidecars; the harness default when `None`.
+    pub log_level: Option<&'static str>,
 }
 
 impl Default for MeshOptions {
@@ -57,6 +61,8 @@ impl Default for MeshOptions {
             without_server_sidecar: false,
             extra_stats_tags: Vec::new(),
             own_process_group: true,
+            client_yaml_patch: None,
+            log_level: None,
         }
     }
 }
@@ -97,10 +103,13 @@ impl Mesh {
             ("SERVICE_PORT", SERVICE_PORT.to_string()),
         ];
         let start = |who: &str, yaml: &str| {
-            Envoy::builder(&format!("{name}-{who}"), yaml)
+            let mut builder = Envoy::builder(&format!("{name}-{who}"), yaml)
                 .concurrency(opts.concurrency)
-                .own_process_group(opts.own_process_group)
-                .start()
+                .own_process_group(opts.own_process_group);
+            if let Some(level) = opts.log_level {
+                builder = builder.log_level(level);
+            }
+            builder.start()
         };
 
         let (server, server_port) = if opts.without_server_sidecar {
@@ -164,7 +173,10 @@ impl Mesh {
         } else {
             "sidecar-client.yaml"
         };
-        let yaml = render(template, &params);
+        let mut yaml = render(template, &params);
+        if let Some(patch) = opts.client_yaml_patch {
+            yaml = patch(&yaml);
+        }
         let client = start("client", &yaml);
         let client_port = client.listener_port("outbound");
         Mesh {
