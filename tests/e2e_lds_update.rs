@@ -319,7 +319,9 @@ fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
     });
     exercise("exchange config", &mut held, &mut fresh, &mut rng, true);
     // The new connections ran the new exchange configuration (its counters' new prefix).
-    let added = client.envoy.counter("wasmcustom.envoy_mx_v2.metadata_added");
+    let added = client
+        .envoy
+        .counter("wasmcustom.envoy_mx_v2.metadata_added");
     assert_eq!(
         added,
         Some(NEW as u64),
