@@ -9,8 +9,9 @@
 //! - peer churn: plaintext clients straight to the server sidecar (detect chain) claiming one of
 //!   [`PEERS`] workloads in a valid frame, each a new series of the destination reporter, within
 //!   the cardinality cap ([`MAX_SERIES`]);
-//! - hostile clients to the same chain: random bytes, a valid header around garbage, a length
-//!   over the cap, a reset after the echo.
+//! - hostile clients to the same chain: random bytes, a frame of the wrong type (removed), a
+//!   valid header around bytes that are no protobuf and a length over the cap (both passed
+//!   untouched), a reset after the echo.
 //!
 //! Every byte coming back is checked. At the end the four metrics of both reporters must equal
 //! what the clients moved, exactly; no VM trapped; nothing folded. Memory: each Envoy's RSS
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use hostile::{
     allocated, assert_unharmed, claimed_frame, frame_with_payload, header, reset, vm_health,
-    wait_sums, Rng, CAP, CLOSED, MAGIC, OPENED, RECEIVED, SENT,
+    wait_sums, wrong_type_frame, Rng, CAP, CLOSED, MAGIC, OPENED, RECEIVED, SENT,
 };
 use mesh::{parse_prometheus, Mesh, MeshOptions};
 use support::{echo_server, Envoy};
@@ -282,24 +283,25 @@ fn soak_mixed_traffic_keeps_memory_flat_and_counts_exact() {
     // Hostile clients to the same chain.
     fn hostile_client(_: u16, server_port: u16, rng: &mut Rng, _: &Tally, direct: &Tally) {
         let data = app_bytes(rng, 16, 2048);
-        let kind = rng.below(4);
+        let kind = rng.below(5);
         // (sent, what reaches the backend and comes back)
         let (sent, echoed) = match kind {
             // Not a frame: passes untouched.
             0 => (data.clone(), data.clone()),
-            // A whole frame with a valid header around garbage: removed, the rest passes.
-            1 => {
-                let garbage_len = 1 + rng.below(200);
-                let garbage = rng.bytes(garbage_len);
-                (
-                    [frame_with_payload(&garbage), data.clone()].concat(),
-                    data.clone(),
-                )
-            }
+            // A provable frame (a valid `Any`) of the wrong type: removed, the rest passes.
+            1 => ([wrong_type_frame(), data.clone()].concat(), data.clone()),
             // A length over the cap: not a frame we hold, everything passes.
             2 => {
                 let len = CAP as u32 + 1 + rng.below(1000) as u32;
                 let bytes = [header(len), data.clone()].concat();
+                (bytes.clone(), bytes)
+            }
+            // A valid header around bytes that are no protobuf (wire type 7): no proof of a
+            // frame on a detect chain, everything passes, header included.
+            3 => {
+                let garbage_len = 1 + rng.below(200);
+                let garbage = [vec![0x07], rng.bytes(garbage_len)].concat();
+                let bytes = [frame_with_payload(&garbage), data.clone()].concat();
                 (bytes.clone(), bytes)
             }
             // Plain bytes, then a reset once the echo is back.
@@ -307,7 +309,7 @@ fn soak_mixed_traffic_keeps_memory_flat_and_counts_exact() {
         };
         let mut conn = connect(server_port);
         write_and_expect(&mut conn, &sent, &echoed, "hostile");
-        if kind == 3 {
+        if kind == 4 {
             reset(conn);
         } else {
             finish(conn, "hostile");
