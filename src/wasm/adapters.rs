@@ -63,6 +63,8 @@ impl StreamContext for Connection {
         data_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
+        #[cfg(feature = "test-trap")]
+        super::test_trap::trap_on_marker(data_size);
         action(self.0.on_downstream_data(data_size, end_of_stream))
     }
 
