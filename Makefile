@@ -36,14 +36,16 @@ ARGS ?=
 
 # Debian packages installed by `make tools`, as "binary:package" pairs.
 TOOLS := openssl:openssl promtool:prometheus prometheus:prometheus iperf3:iperf3 \
-         redis-server:redis-server docker-compose:docker-compose
+         redis-server:redis-server docker-compose:docker-compose \
+         skopeo:skopeo docker-registry:docker-registry
 
 # Run as root, or through sudo when there is one.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen noop bench envoy envoy-version tools lint check test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean
+.PHONY: help wasm-target build binaryen noop bench envoy envoy-version tools lint check test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean \
+        build-test-trap soak soak-plot oci
 
 help: ## List the targets
 	@echo "Targets:"
@@ -76,6 +78,26 @@ build: wasm-target binaryen ## Build the Wasm module (release), then shrink it w
 	@echo "module: $(CURDIR)/$(WASM_OUT)/istio_tcp_telemetry.wasm" \
 		"($$(stat -c %s $(WASM_OUT)/istio_tcp_telemetry.wasm) bytes;" \
 		"$$(stat -c %s $(WASM_OUT)/deps/istio_tcp_telemetry.wasm) before wasm-opt)"
+
+# The module as an OCI image (oci/build-image.sh: reproducible, Istio's Wasm image format) in an
+# OCI image layout under target/oci, tagged with the crate version. Its manifest digest is what
+# WasmPlugin's `sha256` must hold for oci:// urls: it is pinned in the OCI example, and
+# tests/oci_image.rs fails when the pin and the build differ (run `make oci`, commit the example).
+OCI_DIR := target/oci
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+OCI_EXAMPLE := examples/istio/wasmplugin-tcp-telemetry-oci.yaml
+oci: build ## OCI image of the module in target/oci; pins its manifest digest in the OCI WasmPlugin example
+	@digest=$$(oci/build-image.sh "$(WASM_MODULE)" $(OCI_DIR) $(OCI_TAG)); \
+	sed -i -E "s/^(  sha256: )[0-9a-f]{64}$$/\1$${digest#sha256:}/" $(OCI_EXAMPLE); \
+	echo "image: $(CURDIR)/$(OCI_DIR) (OCI layout, tag $(OCI_TAG)), manifest digest $$digest"; \
+	echo "pinned in $(OCI_EXAMPLE); push: skopeo copy oci:$(OCI_DIR):$(OCI_TAG) docker://<registry>/istio-tcp-telemetry:$(OCI_TAG)"
+
+# TEST BUILDS ONLY: the module with a VM trap on a marker (cargo feature test-trap), for the
+# failure-policy tests. Its own target dir, so it never replaces the shipped module.
+TRAP_OUT := target/test-trap/$(WASM_TARGET)/release
+build-test-trap: wasm-target ## Build the test-only trapping module into target/test-trap/
+	cargo build --release --target $(WASM_TARGET) --features test-trap --target-dir target/test-trap
+	@echo "test-trap module: $(CURDIR)/$(TRAP_OUT)/istio_tcp_telemetry.wasm"
 
 binaryen: ## Install Debian's binaryen (wasm-opt) if missing
 	@command -v wasm-opt >/dev/null || { \
@@ -115,7 +137,7 @@ test-envoy-matrix: build tools ## The end-to-end tests on every version of ENVOY
 		$(MAKE) --no-print-directory test-envoy ENVOY_VERSION=$$v || exit 1; \
 	done
 
-tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, docker-compose)
+tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, docker-compose, skopeo, docker-registry)
 	@missing=""; \
 	for pair in $(TOOLS); do \
 		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
@@ -129,19 +151,21 @@ tools: ## Install missing Debian tools (openssl, prometheus, iperf3, redis, dock
 		echo "tools: all present"; \
 	fi
 
-lint: wasm-target ## rustfmt check and clippy (host, all targets and the testkit; wasm lib)
+lint: wasm-target ## rustfmt check and clippy (host, all targets and the testkit; wasm lib, also with the test-trap feature)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) --lib --features test-trap \
+		--target-dir target/test-trap -- -D warnings
 
 # The tests that need no Envoy, Prometheus or Debian tool: unit tests, golden vectors, and the
 # shipped filters in the fake Envoy (tests/glue_*.rs, tests/fake_envoy.rs).
-NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy host_budget
+NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy demo_summary host_budget
 
 check: lint ## Fast inner loop: lint and the native tests (no apt, no Envoy; well under a minute warm)
 	cargo test --lib $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads 2
 
-test: lint build envoy tools ## Lint, unit + integration tests on Envoy 1.40, the Envoy-version subset on the oldest
+test: lint build build-test-trap envoy tools ## Lint, unit + integration tests on Envoy 1.40, the Envoy-version subset on the oldest
 	cargo test -- --test-threads 2
 	$(MAKE) --no-print-directory test-envoy ENVOY_VERSION=$(ENVOY_OLDEST) ENVOY_TESTS="$(VERSION_CHECK_TESTS)"
 	$(MAKE) --no-print-directory fuzz-smoke
@@ -170,6 +194,22 @@ noop: wasm-target binaryen ## Build the bench's do-nothing Wasm filter (variant 
 bench: build noop envoy tools ## Benchmark: tcp_proxy alone (A), a do-nothing Wasm filter (F), ours (B), side by side
 	ulimit -Sn "$$(ulimit -Hn)" || true; \
 	BENCH_COMMAND="make bench" cargo bench --bench tcp_bench
+
+# The soak: mixed traffic through both sidecars for SOAK_SECONDS, memory sampled every 30 s
+# (tests/soak.rs; `make test` runs a 60 s version). Samples, log and plot land in docs/soak/.
+SOAK_SECONDS ?= 1200
+soak: build envoy tools ## Soak for SOAK_SECONDS (default 1200), then plot docs/soak/memory.png
+	mkdir -p docs/soak
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SAMPLES=$(CURDIR)/docs/soak/samples.csv \
+		cargo test --test soak -- --nocapture 2>&1 | tee docs/soak/last-run.txt
+	$(MAKE) --no-print-directory soak-plot
+
+soak-plot: ## Plot docs/soak/samples.csv into docs/soak/memory.png (Debian's gnuplot)
+	@command -v gnuplot >/dev/null || { \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox; \
+	}
+	gnuplot docs/soak/memory.gp
 
 run: build envoy tools ## Run the demo (two sidecar Envoys + a backend); ARGS=--once to exit after it
 	cargo run --release --example demo -- $(ARGS)

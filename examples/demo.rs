@@ -8,7 +8,8 @@
 //! one Wasm context per connection.
 //! The backend answers every request with "hello " + request. The demo sends `world\n` on
 //! several connections, then prints each sidecar's Istio TCP metrics (or, while there are none,
-//! the metadata-exchange counters) and access logs. Without `--once` it then keeps both Envoys
+//! the metadata-exchange counters) and access logs, and last a short table per sidecar: source →
+//! destination, connections opened, closed and open now, bytes sent and received. Without `--once` it then keeps both Envoys
 //! running for you to explore their admin pages, until Ctrl-C.
 //!
 //! Needs the Wasm module (`make build`, or `WASM_MODULE`), Envoy (`make envoy`, or `ENVOY_BIN`)
@@ -22,8 +23,9 @@ use testkit::backend::{prefix_server, Backend};
 use testkit::client::request_until;
 use testkit::envoy::Envoy;
 use testkit::files::{envoy_bin, free_port, wait_for_lines, wasm_module};
-use testkit::mesh::{Mesh, MeshOptions};
+use testkit::mesh::{parse_prometheus, Mesh, MeshOptions};
 use testkit::prometheus::Prometheus;
+use testkit::summary;
 
 struct Args {
     once: bool,
@@ -88,7 +90,7 @@ struct Steps {
 impl Steps {
     fn new(args: &Args) -> Self {
         Steps {
-            total: if args.prometheus { 5 } else { 4 },
+            total: if args.prometheus { 6 } else { 5 },
         }
     }
 
@@ -273,6 +275,16 @@ fn main() {
         }
         prometheus
     });
+
+    steps.print(
+        if args.prometheus { 6 } else { 5 },
+        "summary (the lines above, summed per reporter and source → destination)",
+    );
+    for (who, envoy) in [("client sidecar", &mesh.client), ("server sidecar", server)] {
+        let rows = summary::rows(&parse_prometheus(&envoy.prometheus()));
+        println!("      {who}:");
+        print!("{}", summary::table(&rows, "        "));
+    }
 
     if args.once {
         return;

@@ -54,9 +54,24 @@ pub enum Buffer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Counter(pub u32);
 
+/// A gauge defined by name; like a counter, one stat per name across every VM, so the
+/// workers' increments and decrements add up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gauge(pub u32);
+
 /// A histogram defined by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Histogram(pub u32);
+
+/// Who closed a connection, as the host tells a close callback (proxy-wasm numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerType {
+    Unknown = 0,
+    /// Envoy closed it (a timeout, a failed upstream, the other side's close passed on).
+    Local = 1,
+    /// The peer of that connection closed it.
+    Remote = 2,
+}
 
 /// What a data callback tells Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +114,9 @@ pub trait Host {
     ) -> Result<(), HostError>;
     fn define_counter(&self, name: &str) -> Result<Counter, HostError>;
     fn increment(&self, counter: Counter, by: u64) -> Result<(), HostError>;
+    fn define_gauge(&self, name: &str) -> Result<Gauge, HostError>;
+    /// Adds `by` (negative: subtracts) to a gauge.
+    fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError>;
     fn define_histogram(&self, name: &str) -> Result<Histogram, HostError>;
     fn record(&self, histogram: Histogram, value: u64) -> Result<(), HostError>;
     /// Asks for `on_tick` on the calling root every `period`.

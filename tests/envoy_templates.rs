@@ -148,8 +148,8 @@ fn filter_order_keeps_exchange_frames_away_from_stats() {
     }
 }
 
-/// One `stats_tags` entry per Istio TCP label (plus `overflow`), each of the documented
-/// regex form, and nothing else.
+/// One `stats_tags` entry per Istio TCP label (plus `overflow` and the close attributes), each
+/// of the documented regex form, and nothing else; the lifetime histogram's buckets.
 #[test]
 fn stats_tags_cover_every_istio_tcp_label() {
     let labels = [
@@ -178,6 +178,11 @@ fn stats_tags_cover_every_istio_tcp_label() {
         "connection_security_policy",
         // Not an Istio label: marks the series folded by the filter's cardinality cap.
         "overflow",
+        // The close attributes under their own names (dimensions of metrics emitted at close).
+        "closed_by",
+        "close_flags",
+        "termination_details",
+        "duration_class",
     ];
     let tags = stats_tags() + "\n";
     assert!(tags.starts_with("stats_config:\n  use_all_default_tags: false\n"));
@@ -189,6 +194,12 @@ fn stats_tags_cover_every_istio_tcp_label() {
         );
     }
     assert_eq!(tags.matches("tag_name:").count(), labels.len());
+    assert!(
+        tags.contains(
+            "  histogram_bucket_settings:\n  - match: { suffix: \"istio_tcp_connection_duration_milliseconds\" }\n"
+        ),
+        "the lifetime histogram's buckets"
+    );
 }
 
 #[test]

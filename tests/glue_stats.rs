@@ -262,3 +262,215 @@ fn repeat_peers_hit_the_series_cache_with_the_same_counts_in(combined: bool) {
     assert_eq!(mesh.server.counters().len(), defined, "no new stat");
     assert_eq!(one(&mesh.server, OPENED).1, 4);
 }
+
+const OPEN: &str = "istio_tcp_connections_open";
+const DURATION: &str = "istio_tcp_connection_duration_milliseconds";
+
+/// The one gauge series of `metric`, with its value.
+fn gauge(envoy: &FakeEnvoy) -> i64 {
+    let series = envoy.gauge_series(OPEN);
+    assert_eq!(series.len(), 1, "{series:?}");
+    series[0].1
+}
+
+#[test]
+fn the_open_connections_gauge_follows_opened_and_close() {
+    let mut mesh = MeshBuilder::new().build().unwrap();
+    let mut links: Vec<Link> = (0..3).map(|_| exchange(&mut mesh)).collect();
+    for envoy in [&mesh.client, &mesh.server] {
+        assert_eq!(gauge(envoy), 3);
+        let (labels, _) = &envoy.gauge_series(OPEN)[0];
+        let reporter = labels["reporter"].clone();
+        assert_eq!(*labels, expected(&reporter), "the counters' 23 labels");
+    }
+    for link in links.iter_mut().take(2) {
+        mesh.close(link);
+    }
+    assert_eq!((gauge(&mesh.client), gauge(&mesh.server)), (1, 1));
+    mesh.close(&mut links[2]);
+    assert_eq!((gauge(&mesh.client), gauge(&mesh.server)), (0, 0));
+    assert_eq!(one(&mesh.server, CLOSED).1, 3);
+}
+
+#[test]
+fn a_connection_opened_only_at_close_never_touches_the_gauge() {
+    // No exchange filter: the server never learns the peer, so opened comes at close.
+    let mut mesh = MeshBuilder::new()
+        .client_exchange(None)
+        .server_exchange(None)
+        .build()
+        .unwrap();
+    let mut link = exchange(&mut mesh);
+    mesh.close(&mut link);
+    assert_eq!(one(&mesh.server, OPENED).1, 1);
+    assert!(
+        mesh.server.gauge_series(OPEN).is_empty(),
+        "not even defined: {:?}",
+        mesh.server.gauge_series(OPEN)
+    );
+}
+
+#[test]
+fn lifetimes_go_to_the_histogram_only_when_enabled() {
+    let on = r#"{"connection_duration": true}"#;
+    let mut mesh = MeshBuilder::new().server_stats(Some(on)).build().unwrap();
+    let mut link = exchange(&mut mesh);
+    mesh.server.advance(std::time::Duration::from_millis(2500));
+    mesh.close(&mut link);
+    let series = mesh.server.histogram_series(DURATION);
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].0, expected("destination"));
+    assert_eq!(series[0].1, vec![2500]);
+    assert!(
+        mesh.client.histogram_series(DURATION).is_empty(),
+        "off by default"
+    );
+}
+
+#[test]
+fn tags_to_remove_and_dimensions_work_on_the_histogram() {
+    let config = r#"{"connection_duration": true,
+        "metrics": [{"name": "tcp_connection_duration_milliseconds",
+                     "tags_to_remove": ["source_principal", "destination_principal"],
+                     "dimensions": {"closed_by": "closed_by"}}]}"#;
+    let mut mesh = MeshBuilder::new()
+        .server_stats(Some(config))
+        .build()
+        .unwrap();
+    let mut link = exchange(&mut mesh);
+    mesh.server.advance(std::time::Duration::from_millis(40));
+    mesh.close(&mut link);
+    let series = mesh.server.histogram_series(DURATION);
+    assert_eq!(series.len(), 1, "{series:?}");
+    let mut want = expected("destination");
+    want.remove("source_principal");
+    want.remove("destination_principal");
+    want.insert("closed_by".into(), "downstream".into());
+    assert_eq!(series[0].0, want);
+    assert_eq!(series[0].1, vec![40]);
+    assert_eq!(
+        one(&mesh.server, CLOSED).0,
+        expected("destination"),
+        "the counters keep every label"
+    );
+}
+
+/// One connection through the mesh, opened on its first bytes, ended 90 s later with Envoy's
+/// `flags` set after it opened; the backend closes first when `backend_first`.
+fn close_with_flags(server_stats: &str, flags: u64, backend_first: bool) -> FakeEnvoy {
+    let mut mesh = MeshBuilder::new()
+        .server_stats(Some(server_stats))
+        .build()
+        .unwrap();
+    let mut link = exchange(&mut mesh);
+    mesh.server.advance(std::time::Duration::from_secs(90));
+    mesh.server
+        .set_connection_property(link.server, "response.flags", node::u64_property(flags));
+    if backend_first {
+        mesh.backend_sends(&mut link, b"", true);
+    }
+    mesh.close(&mut link);
+    mesh.server
+}
+
+#[test]
+fn close_attributes_label_metrics_emitted_at_close() {
+    let config = r#"{"metrics": [{"name": "tcp_connections_closed_total",
+        "dimensions": {"close_flags": "close_flags", "closed_by": "closed_by",
+                       "duration_class": "duration_class"}}],
+        "definitions": [{"name": "istio_tcp_connections_failed_total",
+            "value": "connections_closed",
+            "dimensions": {"destination_service_name": "destination_service_name",
+                           "close_flags": "close_flags"},
+            "match": {"close_flags": ["UF", "UF,URX", "UH", "UO", "NC"]}}]}"#;
+    let uf = 1 << 5;
+    let server = close_with_flags(config, uf, true);
+    let (labels, closed) = one(&server, CLOSED);
+    assert_eq!(closed, 1);
+    assert_eq!(
+        labels["response_flags"], "-",
+        "Istio's label: frozen at open"
+    );
+    assert_eq!(labels["close_flags"], "UF");
+    assert_eq!(labels["closed_by"], "upstream");
+    assert_eq!(labels["duration_class"], "minutes");
+    let (labels, failed) = one(&server, "istio_tcp_connections_failed_total");
+    assert_eq!(failed, 1);
+    assert_eq!(labels["close_flags"], "UF");
+    // No upstream failure: counted as closed, not as failed.
+    let dc = 1 << 14;
+    let server = close_with_flags(config, dc, false);
+    let (labels, _) = one(&server, CLOSED);
+    assert_eq!(
+        (labels["close_flags"].as_str(), labels["closed_by"].as_str()),
+        ("DC", "downstream")
+    );
+    assert!(server
+        .series("istio_tcp_connections_failed_total")
+        .is_empty());
+}
+
+#[test]
+fn close_attributes_elsewhere_are_refused_naming_the_field() {
+    for (config, field) in [
+        (
+            r#"{"metrics": [{"name": "", "dimensions": {"close_flags": "close_flags"}}]}"#,
+            "metrics[0].dimensions.close_flags",
+        ),
+        (
+            r#"{"definitions": [{"name": "b", "value": "bytes_sent",
+                "match": {"closed_by": "upstream"}}]}"#,
+            "definitions[0].match.closed_by",
+        ),
+        (
+            r#"{"metrics": [{"name": "tcp_connections_open",
+                "dimensions": {"lifetime": "duration_class"}}]}"#,
+            "metrics[0].dimensions.lifetime",
+        ),
+    ] {
+        let mut server = FakeEnvoy::new("sidecar~s", None);
+        let err = server
+            .add_listener(&[(STATS_ROOT_ID, config)])
+            .expect_err(config);
+        assert!(err.contains(field), "{field}: {err}");
+        assert!(err.contains("known only at close"), "{err}");
+    }
+}
+
+#[test]
+fn repeat_endings_hit_the_close_series_cache_with_the_same_counts() {
+    let config = r#"{"connection_duration": true,
+        "metrics": [{"name": "tcp_connections_closed_total",
+                     "dimensions": {"closed_by": "closed_by", "lifetime": "duration_class"}}]}"#;
+    let mut mesh = MeshBuilder::new()
+        .server_stats(Some(config))
+        .build()
+        .unwrap();
+    let end = |mesh: &mut Mesh, backend_first: bool| {
+        let mut link = exchange(mesh);
+        if backend_first {
+            mesh.backend_sends(&mut link, b"", true);
+        }
+        mesh.close(&mut link);
+    };
+    end(&mut mesh, false);
+    let defined = mesh.server.counters().len();
+    end(&mut mesh, false);
+    end(&mut mesh, false);
+    assert_eq!(mesh.server.counters().len(), defined, "no new stat");
+    let (labels, closed) = one(&mesh.server, CLOSED);
+    assert_eq!((labels["closed_by"].as_str(), closed), ("downstream", 3));
+    assert_eq!(labels["lifetime"], "subsecond");
+    // Another way of ending is another series.
+    end(&mut mesh, true);
+    let mut series = mesh.server.series(CLOSED);
+    series.sort_by(|a, b| a.0["closed_by"].cmp(&b.0["closed_by"]));
+    let got: Vec<(&str, u64)> = series
+        .iter()
+        .map(|(l, v)| (l["closed_by"].as_str(), *v))
+        .collect();
+    assert_eq!(got, [("downstream", 3), ("upstream", 1)]);
+    assert_eq!(one(&mesh.server, OPENED).1, 4);
+    let lifetimes = mesh.server.histogram_series(DURATION);
+    assert_eq!(lifetimes[0].1.len(), 4);
+}

@@ -37,10 +37,11 @@ use support::*;
 #[test]
 fn manifests_parse_and_their_chains_have_the_modules_order() {
     let chains = all_chains();
-    // envoyfilter (in, out), envoyfilter-remote (in, out), wasmplugin (in, out).
+    // envoyfilter (in, out), envoyfilter-remote (in, out), wasmplugin (in, out), wasmplugin-oci
+    // (in, out).
     assert_eq!(
         chains.len(),
-        6,
+        8,
         "{:?}",
         chains.iter().map(|c| &c.origin).collect::<Vec<_>>()
     );

@@ -130,6 +130,13 @@ fn every_dashboard_query_is_a_recording_rule() {
         "istio_tcp_received_bytes_total",
         "istio_tcp_connections_opened_total",
         "istio_tcp_connections_closed_total",
+        // Open connections by source → destination, from the gauge.
+        "istio_tcp_connections_open{",
+        // Connection lifetime p50/p99.
+        "histogram_quantile(0.5, sum by (le, source_workload, destination_workload) (rate(istio_tcp_connection_duration_milliseconds_bucket",
+        "histogram_quantile(0.99, sum by (le, source_workload, destination_workload) (rate(istio_tcp_connection_duration_milliseconds_bucket",
+        // Failed connections.
+        "response_flags=~\".*(UF|UH|UO|NC).*\"",
     ] {
         assert!(
             queries.iter().any(|q| q.contains(needed)),

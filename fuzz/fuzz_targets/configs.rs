@@ -108,7 +108,24 @@ fn check_stats(json: &[u8]) {
         service: None,
         response_flags: "-".into(),
     };
-    for series in c.plan.series(&facts) {
+    // Close attributes reach only metrics emitted at close, and never forge a label either.
+    let close = istio_tcp_telemetry::logic::stats::CloseFacts {
+        closed_by: istio_tcp_telemetry::logic::stats::ClosedBy::Upstream,
+        flags: "UF,URX".into(),
+        termination_details: "x;.;reporter=.=forged".into(),
+        duration_ms: Some(1),
+    };
+    let at_close = c.plan.close_series(&facts, &close);
+    assert!(at_close.iter().all(|s| s.value.is_close_time()));
+    if !c.plan.has_close_metrics() {
+        assert!(at_close.is_empty());
+    }
+    for series in c.plan.series(&facts).into_iter().chain(at_close) {
+        assert!(
+            !series.stat_name.contains("reporter=.=forged"),
+            "{}",
+            series.stat_name
+        );
         let names: Vec<&str> = series
             .stat_name
             .split(LABEL_TERMINATOR)
@@ -207,6 +224,8 @@ const METRIC_NAMES: &[&str] = &[
     "istio_tcp_received_bytes_total",
     "tcp_connections_opened_total",
     "istio_tcp_connections_closed_total",
+    "tcp_connections_open",
+    "istio_tcp_connection_duration_milliseconds",
     "my_metric",
     "istio_my_metric",
     "bogus",
@@ -228,6 +247,9 @@ const LABELS: &[&str] = &[
     "zz",
     "source_workload",
     "name",
+    "closed_by",
+    "close_flags",
+    "flags",
 ];
 const ATTRIBUTES: &[&str] = &[
     "source_workload",
@@ -241,12 +263,18 @@ const ATTRIBUTES: &[&str] = &[
     "reporter",
     "destination_workload_type",
     "response_flags",
+    "closed_by",
+    "close_flags",
+    "termination_details",
+    "duration_class",
 ];
 const VALUES: &[&str] = &[
     "bytes_sent",
     "bytes_received",
     "connections_opened",
     "connections_closed",
+    "connections_open",
+    "connection_duration",
     "requests",
 ];
 
@@ -271,7 +299,7 @@ fn exchange_json(input: &mut Bytes) -> String {
 fn stats_json(input: &mut Bytes) -> String {
     let mut fields = Vec::new();
     for _ in 0..input.u8() % 6 {
-        let field = match input.u8() % 6 {
+        let field = match input.u8() % 7 {
             0 => format!("\"tcp_reporting_duration\":{}", pick(input, DURATIONS)),
             1 => format!(
                 "\"reporter\":{}",
@@ -294,6 +322,10 @@ fn stats_json(input: &mut Bytes) -> String {
             ),
             3 => format!("\"metrics\":[{}]", objects(input, override_json)),
             4 => format!("\"definitions\":[{}]", objects(input, definition_json)),
+            5 => format!(
+                "\"connection_duration\":{}",
+                pick(input, &["true", "false", "1"])
+            ),
             _ => "\"bogus\":1".to_string(),
         };
         fields.push(field);
@@ -337,14 +369,15 @@ fn definition_json(input: &mut Bytes) -> String {
     ];
     if input.u8().is_multiple_of(2) {
         fields.push(format!(
-            "\"match\":{{\"{}\":\"mongodb\"}}",
-            pick(input, ATTRIBUTES)
+            "\"match\":{{\"{}\":{}}}",
+            pick(input, ATTRIBUTES),
+            pick(input, &["\"mongodb\"", "[\"UF\",\"UF,URX\"]", "[]", "[1]", "2"])
         ));
     }
     if input.u8().is_multiple_of(4) {
         fields.push(format!(
             "\"type\":\"{}\"",
-            pick(input, &["counter", "gauge"])
+            pick(input, &["counter", "gauge", "histogram", "summary"])
         ));
     }
     format!("{{{}}}", fields.join(","))

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::host::{Buffer, Counter, Histogram, Host, HostError, LogLevel};
+use crate::host::{Buffer, Counter, Gauge, Histogram, Host, HostError, LogLevel};
 
 /// Paths remembered per connection: read by both halves, fixed once the connection is up.
 const SHARED_READS: [&[&str]; 3] = [
@@ -107,6 +107,14 @@ impl<H: Host> Host for ConnectionHost<H> {
 
     fn increment(&self, counter: Counter, by: u64) -> Result<(), HostError> {
         self.inner.increment(counter, by)
+    }
+
+    fn define_gauge(&self, name: &str) -> Result<Gauge, HostError> {
+        self.inner.define_gauge(name)
+    }
+
+    fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError> {
+        self.inner.add(gauge, by)
     }
 
     fn define_histogram(&self, name: &str) -> Result<Histogram, HostError> {

@@ -3,7 +3,7 @@
 //! single root factory, so the choice by `root_id` is made here; the streams it creates are of
 //! the chosen filter.
 
-use crate::host::{Action, Buffer, Host};
+use crate::host::{Action, Buffer, Host, PeerType};
 use crate::host_log;
 use crate::logic::gateway_node::is_gateway_node;
 use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
@@ -120,7 +120,7 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_downstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_downstream_data(data_size),
+            Stream::Stats(s) => s.on_downstream_data(data_size, end_of_stream),
             Stream::Telemetry(s) => s.on_downstream_data(data_size, end_of_stream),
         }
     }
@@ -129,17 +129,28 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_upstream_data(data_size, end_of_stream),
-            Stream::Stats(s) => s.on_upstream_data(data_size),
+            Stream::Stats(s) => s.on_upstream_data(data_size, end_of_stream),
             Stream::Telemetry(s) => s.on_upstream_data(data_size, end_of_stream),
         }
     }
 
-    /// The connection closed (Envoy's close event, not a half-close).
-    pub fn on_downstream_close(&mut self) {
+    /// The downstream connection closed (Envoy's close event, not a half-close); `peer`: who
+    /// closed it.
+    pub fn on_downstream_close(&mut self, peer: PeerType) {
         match self {
             Stream::Exchange(s) => s.on_downstream_close(),
-            Stream::Telemetry(s) => s.on_downstream_close(),
-            Stream::Stats(_) | Stream::PassThrough => {}
+            Stream::Stats(s) => s.on_close(true, peer),
+            Stream::Telemetry(s) => s.on_downstream_close(peer),
+            Stream::PassThrough => {}
+        }
+    }
+
+    /// The upstream connection closed.
+    pub fn on_upstream_close(&mut self, peer: PeerType) {
+        match self {
+            Stream::Stats(s) => s.on_close(false, peer),
+            Stream::Telemetry(s) => s.on_upstream_close(peer),
+            Stream::Exchange(_) | Stream::PassThrough => {}
         }
     }
 

@@ -3,41 +3,61 @@
 //! Each stream counts the bytes it sees (it sits on the application side of the exchange
 //! filter, so frames are never counted) into its [`ConnectionStats`] machine, which says when to
 //! report and when the labels are needed: when the peer becomes known, on every tick of its
-//! worker's root, and at close. This file only reads properties and increments handles; the
-//! decisions are in [`crate::logic::stats`], the filter-state contract in [`crate::logic::peer`].
+//! worker's root, and at close. At close it also gathers how the connection ended
+//! ([`CloseFacts`]) when a metric asks for it. This file only reads properties and moves
+//! handles; the decisions are in [`crate::logic::stats`], the filter-state contract in
+//! [`crate::logic::peer`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::host::{Action, Counter, Host};
+use crate::host::{Action, Counter, Gauge, Histogram, Host, PeerType};
 use crate::host_log;
 use crate::logic::handover::PeerDecision;
 use crate::logic::peer::PeerSlot;
+use crate::logic::stats::close::{self, CloseFacts, CloseOrder};
 use crate::logic::stats::inputs::{self, paths, LabelInputs};
+use crate::logic::stats::response_flags;
 use crate::logic::stats::series::Handles;
 use crate::logic::stats::{
-    ConnectionStats, Moment, Reporter, SeriesBook, StatsConfig, FOLDED_SERIES_METRIC,
+    ConnectionStats, Emission, MetricType, Moment, Reporter, SeriesBook, StatsConfig, ValueKind,
+    FOLDED_SERIES_METRIC,
 };
 use crate::logic::workload::WorkloadMetadata;
 
 use super::node;
+
+/// A defined stat of the kind its value goes to.
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
 
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: StatsConfig,
     /// Read once per root: node metadata is the bootstrap's, fixed for the Envoy's life.
     local: WorkloadMetadata,
-    book: RefCell<SeriesBook<Counter>>,
+    book: RefCell<SeriesBook<Metric>>,
     folded: Option<Counter>,
+    /// Some metric is resolved at close: keep each connection's label inputs until then.
+    close_metrics: bool,
+    /// Some metric needs the lifetime: read the host's clock at creation and close.
+    clock: bool,
 }
 
 /// One live connection.
 struct Connection {
     stats: ConnectionStats,
-    /// Counter handles for each value, fixed when opened is emitted.
-    handles: Handles<Counter>,
+    /// Handles for each value, fixed when opened is emitted.
+    handles: Handles<Metric>,
     reporter: Option<Reporter>,
+    order: CloseOrder,
+    /// The properties the labels came from, kept only for metrics resolved at close.
+    inputs: Option<LabelInputs>,
     peer: PeerSource,
 }
 
@@ -80,6 +100,8 @@ impl<H: Host + Clone> StatsRoot<H> {
             shared: Rc::new(Shared {
                 book: RefCell::new(SeriesBook::new(config.max_series_per_metric)),
                 local: node::local_workload(&host),
+                close_metrics: config.plan.has_close_metrics(),
+                clock: config.plan.needs_clock(),
                 config,
                 folded,
             }),
@@ -111,12 +133,19 @@ impl<H: Host + Clone> StatsRoot<H> {
     }
 
     fn stream(&self, context_id: u32, peer: PeerSource, host: H) -> StatsStream<H> {
+        let started = if self.shared.clock {
+            self.host.now_nanos()
+        } else {
+            0
+        };
         self.live.borrow_mut().insert(
             context_id,
             Connection {
-                stats: ConnectionStats::default(),
+                stats: ConnectionStats::started_at(started),
                 handles: Vec::new(),
                 reporter: self.shared.config.reporter,
+                order: CloseOrder::default(),
+                inputs: None,
                 peer,
             },
         );
@@ -137,12 +166,16 @@ pub struct StatsStream<H: Host> {
 }
 
 impl<H: Host> StatsStream<H> {
-    pub fn on_downstream_data(&mut self, data_size: usize) -> Action {
-        self.on_data(|stats| stats.add_received(data_size))
+    pub fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.on_data(end_of_stream.then_some(true), |stats| {
+            stats.add_received(data_size)
+        })
     }
 
-    pub fn on_upstream_data(&mut self, data_size: usize) -> Action {
-        self.on_data(|stats| stats.add_sent(data_size))
+    pub fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.on_data(end_of_stream.then_some(false), |stats| {
+            stats.add_sent(data_size)
+        })
     }
 
     /// The exchange's decision, from the combined filter (ignored by a filter-state stream).
@@ -154,19 +187,42 @@ impl<H: Host> StatsStream<H> {
         }
     }
 
-    fn on_data(&mut self, count: impl FnOnce(&mut ConnectionStats)) -> Action {
+    /// `ended`: this callback ends the downstream (`Some(true)`) or upstream direction.
+    fn on_data(&mut self, ended: Option<bool>, count: impl FnOnce(&mut ConnectionStats)) -> Action {
         let mut live = self.live.borrow_mut();
         if let Some(connection) = live.get_mut(&self.context_id) {
+            if let Some(downstream) = ended {
+                connection.order.end_of_stream(downstream);
+            }
             count(&mut connection.stats);
             step(&self.host, &self.shared, connection, Moment::Data);
         }
         Action::Continue
     }
 
+    /// The downstream (`true`) or upstream connection closed.
+    pub fn on_close(&mut self, downstream: bool, peer: PeerType) {
+        if let Some(connection) = self.live.borrow_mut().get_mut(&self.context_id) {
+            connection
+                .order
+                .closed(downstream, peer == PeerType::Remote);
+        }
+    }
+
     pub fn on_log(&mut self) {
         let connection = self.live.borrow_mut().remove(&self.context_id);
         if let Some(mut connection) = connection {
-            step(&self.host, &self.shared, &mut connection, Moment::Close);
+            let now_nanos = if self.shared.clock {
+                self.host.now_nanos()
+            } else {
+                0
+            };
+            step(
+                &self.host,
+                &self.shared,
+                &mut connection,
+                Moment::Close { now_nanos },
+            );
         }
     }
 }
@@ -177,6 +233,8 @@ fn step(host: &impl Host, shared: &Shared, connection: &mut Connection, moment: 
         stats,
         handles,
         reporter,
+        order,
+        inputs,
         peer,
     } = connection;
     let report = stats.step(moment, || match peer {
@@ -184,17 +242,57 @@ fn step(host: &impl Host, shared: &Shared, connection: &mut Connection, moment: 
         PeerSource::HandedOver(decision) => decision.is_some(),
     });
     if report.labels_needed {
-        *handles = handles_of(host, shared, reporter_or_read(reporter, host), peer);
+        let gauge = !report.opened_at_close;
+        let reporter = reporter_or_read(reporter, host);
+        (*handles, *inputs) = handles_of(host, shared, reporter, peer, gauge);
+    }
+    let kept = match moment {
+        Moment::Close { .. } => inputs.take(),
+        _ => None,
+    };
+    if let Some(inputs) = kept {
+        let lifetime = report.emissions.iter().find_map(|e| match e {
+            Emission::Lifetime(ms) => Some(*ms),
+            _ => None,
+        });
+        let close = close_facts(host, order, lifetime);
+        handles.extend(close_handles(host, shared, inputs, &close));
     }
     for emission in report.emissions {
         let (kind, amount) = emission.value();
         for (value, handle) in handles.iter() {
             if *value == kind {
-                if let Err(e) = host.increment(*handle, amount) {
-                    host_log!(host, Debug, "incrementing a tcp metric failed: {e}");
-                }
+                apply(host, *handle, amount);
             }
         }
+    }
+}
+
+fn apply(host: &impl Host, handle: Metric, amount: i64) {
+    let result = match handle {
+        Metric::Counter(c) => host.increment(c, u64::try_from(amount).unwrap_or(0)),
+        Metric::Gauge(g) => host.add(g, amount),
+        Metric::Histogram(h) => host.record(h, u64::try_from(amount).unwrap_or(0)),
+    };
+    if let Err(e) = result {
+        host_log!(host, Debug, "updating a tcp metric failed: {e}");
+    }
+}
+
+/// How the connection ended, read at close.
+fn close_facts(host: &impl Host, order: &CloseOrder, lifetime_ms: Option<u64>) -> CloseFacts {
+    let flags = host
+        .property(paths::RESPONSE_FLAGS)
+        .ok()
+        .flatten()
+        .map_or(0, |b| response_flags::from_property(&b));
+    let details = host.property_string(paths::TERMINATION_DETAILS);
+    let failure = host.property_string(paths::TRANSPORT_FAILURE_REASON);
+    CloseFacts {
+        closed_by: order.closed_by(),
+        flags: response_flags::short_string(flags),
+        termination_details: close::termination_details(details.as_deref(), failure.as_deref()),
+        duration_ms: lifetime_ms,
     }
 }
 
@@ -214,26 +312,68 @@ fn peer_decided(host: &impl Host, reporter: Reporter) -> bool {
         .any(|key| matches!(host.property(&[key]), Ok(Some(_))))
 }
 
-/// The counter handles of a connection: from the cache when its label inputs were seen before.
+/// The handles of a connection (from the cache when its label inputs were seen before), and
+/// its label inputs when metrics resolved at close need them. Without `gauge` (a connection
+/// opened only at close) the gauge's series is not defined, and the result not cached.
 fn handles_of(
     host: &impl Host,
     shared: &Shared,
     reporter: Reporter,
     peer: &PeerSource,
-) -> Handles<Counter> {
+    gauge: bool,
+) -> (Handles<Metric>, Option<LabelInputs>) {
     let inputs = read_inputs(host, reporter, peer);
+    let kept = shared.close_metrics.then(|| inputs.clone());
     let key = inputs.key();
+    if let Some(handles) = shared.book.borrow().cached(&key) {
+        return (handles, kept);
+    }
+    let (facts, cacheable) = inputs.into_facts(&shared.local, || upstream_host(host));
+    let mut series = shared.config.plan.series(&facts);
+    if !gauge {
+        series.retain(|s| s.value != ValueKind::ConnectionsOpen);
+    }
+    let handles = resolve(host, shared, key, cacheable && gauge, series);
+    (handles, kept)
+}
+
+/// The handles of the metrics resolved at close: cached by the label inputs and the close
+/// attributes' values, so repeat peers ending the same way skip the labels and stat names.
+fn close_handles(
+    host: &impl Host,
+    shared: &Shared,
+    inputs: LabelInputs,
+    close: &CloseFacts,
+) -> Handles<Metric> {
+    let key = close.cache_key(&inputs.key());
     if let Some(handles) = shared.book.borrow().cached(&key) {
         return handles;
     }
     let (facts, cacheable) = inputs.into_facts(&shared.local, || upstream_host(host));
-    let series = shared.config.plan.series(&facts);
-    let resolved = shared
-        .book
-        .borrow_mut()
-        .resolve(key, cacheable, series, |name| {
-            host.define_counter(name).ok()
-        });
+    let series = shared.config.plan.close_series(&facts, close);
+    resolve(host, shared, key, cacheable, series)
+}
+
+/// Series → handles through the book (cap, cache), defining each stat as its value's kind.
+fn resolve(
+    host: &impl Host,
+    shared: &Shared,
+    key: Vec<u8>,
+    cacheable: bool,
+    series: Vec<crate::logic::stats::Series>,
+) -> Handles<Metric> {
+    let resolved =
+        shared
+            .book
+            .borrow_mut()
+            .resolve(key, cacheable, series, |name, value: ValueKind| {
+                match value.metric_type() {
+                    MetricType::Counter => host.define_counter(name).map(Metric::Counter),
+                    MetricType::Gauge => host.define_gauge(name).map(Metric::Gauge),
+                    MetricType::Histogram => host.define_histogram(name).map(Metric::Histogram),
+                }
+                .ok()
+            });
     for name in &resolved.failed {
         host_log!(host, Warn, "defining metric {name} failed");
     }
@@ -250,10 +390,9 @@ fn read_inputs(host: &impl Host, reporter: Reporter, source: &PeerSource) -> Lab
     let read = |path: &[&str]| host.property(path).ok().flatten();
     let (peer, handed_peer) = match source {
         PeerSource::FilterState => (read(&[PeerSlot::of_reporter(reporter).peer_key()]), None),
-        PeerSource::HandedOver(Some(PeerDecision::Found(p))) => (
-            p.peer_bytes().map(<[u8]>::to_vec),
-            Some(std::rc::Rc::clone(p)),
-        ),
+        PeerSource::HandedOver(Some(PeerDecision::Found(p))) => {
+            (p.peer_bytes().map(<[u8]>::to_vec), Some(Rc::clone(p)))
+        }
         PeerSource::HandedOver(_) => (None, None),
     };
     let upstream_host = if inputs::wants_upstream_host(reporter, peer.as_deref()) {

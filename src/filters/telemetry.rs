@@ -9,7 +9,7 @@
 //! polling and no Struct decode. Filter state is still written, for other filters and access
 //! logs, encoded once per distinct peer by the exchange root's memo.
 
-use crate::host::{Action, Host};
+use crate::host::{Action, Host, PeerType};
 use crate::logic::telemetry::TelemetryConfig;
 
 use super::connection_host::ConnectionHost;
@@ -60,7 +60,8 @@ impl<H: Host> TelemetryStream<H> {
         let passed = self.exchange.downstream(data_size, end_of_stream);
         self.hand_over();
         if passed.action == Action::Continue {
-            self.stats.on_downstream_data(passed.app_bytes);
+            self.stats
+                .on_downstream_data(passed.app_bytes, end_of_stream);
         }
         passed.action
     }
@@ -70,16 +71,22 @@ impl<H: Host> TelemetryStream<H> {
         let passed = self.exchange.upstream(data_size, end_of_stream);
         self.hand_over();
         if passed.action == Action::Continue {
-            self.stats.on_upstream_data(passed.app_bytes);
+            self.stats.on_upstream_data(passed.app_bytes, end_of_stream);
         }
         passed.action
     }
 
     /// The connection closed: a peer still undecided becomes `peer_not_found` (the exchange's
     /// rule), handed to the stats before their close report.
-    pub fn on_downstream_close(&mut self) {
+    pub fn on_downstream_close(&mut self, peer: PeerType) {
         self.exchange.on_downstream_close();
         self.hand_over();
+        self.stats.on_close(true, peer);
+    }
+
+    /// The upstream connection closed (who closed it, for the stats' close attributes).
+    pub fn on_upstream_close(&mut self, peer: PeerType) {
+        self.stats.on_close(false, peer);
     }
 
     pub fn on_log(&mut self) {

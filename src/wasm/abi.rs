@@ -11,12 +11,13 @@ use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::host::{Buffer, Counter, Histogram, Host, HostError, LogLevel};
+use crate::host::{Buffer, Counter, Gauge, Histogram, Host, HostError, LogLevel};
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 /// proxy-wasm metric types.
 const METRIC_COUNTER: u32 = 0;
+const METRIC_GAUGE: u32 = 1;
 const METRIC_HISTOGRAM: u32 = 2;
 
 /// The host's log level, read in `on_configure` (messages below it are not formatted).
@@ -184,6 +185,15 @@ impl Host for WasmHost {
         let by = i64::try_from(by).unwrap_or(i64::MAX);
         // SAFETY: plain values.
         status(unsafe { proxy_increment_metric(counter.0, by) })
+    }
+
+    fn define_gauge(&self, name: &str) -> Result<Gauge, HostError> {
+        define_metric(METRIC_GAUGE, name).map(Gauge)
+    }
+
+    fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError> {
+        // SAFETY: plain values. Envoy adds a positive offset to a gauge, subtracts a negative one.
+        status(unsafe { proxy_increment_metric(gauge.0, by) })
     }
 
     fn define_histogram(&self, name: &str) -> Result<Histogram, HostError> {

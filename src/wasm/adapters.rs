@@ -6,7 +6,7 @@ use proxy_wasm::types::ContextType;
 
 use super::abi::{self, WasmHost};
 use crate::filters::{Dispatch, Stream};
-use crate::host::Action;
+use crate::host::{Action, PeerType};
 
 pub struct Root(Dispatch<WasmHost>);
 
@@ -47,6 +47,14 @@ fn action(action: Action) -> proxy_wasm::types::Action {
     }
 }
 
+fn peer(peer_type: proxy_wasm::types::PeerType) -> PeerType {
+    match peer_type {
+        proxy_wasm::types::PeerType::Local => PeerType::Local,
+        proxy_wasm::types::PeerType::Remote => PeerType::Remote,
+        _ => PeerType::Unknown,
+    }
+}
+
 impl Context for Connection {}
 
 impl StreamContext for Connection {
@@ -55,6 +63,8 @@ impl StreamContext for Connection {
         data_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
+        #[cfg(feature = "test-trap")]
+        super::test_trap::trap_on_marker(data_size);
         action(self.0.on_downstream_data(data_size, end_of_stream))
     }
 
@@ -66,8 +76,12 @@ impl StreamContext for Connection {
         action(self.0.on_upstream_data(data_size, end_of_stream))
     }
 
-    fn on_downstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
-        self.0.on_downstream_close();
+    fn on_downstream_close(&mut self, peer_type: proxy_wasm::types::PeerType) {
+        self.0.on_downstream_close(peer(peer_type));
+    }
+
+    fn on_upstream_close(&mut self, peer_type: proxy_wasm::types::PeerType) {
+        self.0.on_upstream_close(peer(peer_type));
     }
 
     fn on_log(&mut self) {

@@ -7,6 +7,8 @@
 
 mod abi;
 mod adapters;
+#[cfg(feature = "test-trap")]
+mod test_trap;
 
 proxy_wasm::main! {{
     // The SDK's own messages; `on_configure` narrows the level to the host's.

@@ -18,11 +18,15 @@
 //!   on (before it, NotFound, and `connection.mtls` reads false);
 //! - **filter state**: `set_property([key])` is stored as `wasm.<key>`, read back by any filter
 //!   of the connection with `[key]` or `["filter_state", "wasm.<key>"]`;
-//! - **metrics**: one stat per name, shared by every root; **ticks**: each root with a tick
-//!   period, with the root as effective context until it calls `set_effective_context`;
+//! - **metrics**: one stat per name, shared by every root (counters, gauges that go up and
+//!   down but never below zero, histograms keeping every recorded value); **ticks**: each root
+//!   with a tick period, with the root as effective context until it calls
+//!   `set_effective_context`;
 //! - **close**: `on_downstream_data(0, eos)` → `on_upstream_data(0, eos)` (each only if that
-//!   direction had not ended) → `on_downstream_close` → `on_log`, each in filter order →
-//!   contexts dropped;
+//!   direction had not ended) → `on_downstream_close(Remote)` (the client closed) → `on_log`,
+//!   each in filter order → contexts dropped; a test ends the backend's direction first with
+//!   `upstream(id, b"", true)`, and changes a property mid-connection with
+//!   `set_connection_property` (Envoy's `response.flags` at close);
 //! - **foreign functions**: `declare_property` (a name declared twice is BadArgument); a clock
 //!   that moves only when a test says so;
 //! - **accounting**: every VM callback the fake makes and every host call a filter makes are
@@ -37,7 +41,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use istio_tcp_telemetry::filters::{Dispatch, Stream};
-use istio_tcp_telemetry::host::{Action, Buffer, Counter, Histogram, Host, HostError, LogLevel};
+use istio_tcp_telemetry::host::{
+    Action, Buffer, Counter, Gauge, Histogram, Host, HostError, LogLevel, PeerType,
+};
 
 /// Which direction a chunk travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +103,8 @@ struct ConnectionState {
 struct Metric {
     name: String,
     value: u64,
+    /// A gauge's value (gauges may go down; Envoy's never below 0, checked here).
+    gauge: i64,
     records: Vec<u64>,
 }
 
@@ -302,6 +310,23 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn define_gauge(&self, name: &str) -> Result<Gauge, HostError> {
+        self.define(name).map(Gauge)
+    }
+
+    fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError> {
+        self.count("add_metric");
+        self.check(HostCall::Increment)?;
+        let mut world = self.world.borrow_mut();
+        let metric = world
+            .metrics
+            .get_mut(gauge.0 as usize)
+            .ok_or(HostError::NOT_FOUND)?;
+        metric.gauge = metric.gauge.saturating_add(by);
+        assert!(metric.gauge >= 0, "gauge {} went below 0", metric.name);
+        Ok(())
+    }
+
     fn define_histogram(&self, name: &str) -> Result<Histogram, HostError> {
         self.define(name).map(Histogram)
     }
@@ -412,6 +437,7 @@ impl FakeHost {
         world.metrics.push(Metric {
             name: name.to_string(),
             value: 0,
+            gauge: 0,
             records: Vec::new(),
         });
         Ok(world.metrics.len() as u32 - 1)
@@ -428,7 +454,8 @@ pub type ConnectionId = u32;
 pub trait StreamFilter {
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
     fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action;
-    fn on_downstream_close(&mut self) {}
+    /// `peer`: who closed the downstream connection.
+    fn on_downstream_close(&mut self, _peer: PeerType) {}
     fn on_log(&mut self) {}
 }
 
@@ -441,8 +468,8 @@ impl StreamFilter for Stream<FakeHost> {
         Stream::on_upstream_data(self, data_size, end_of_stream)
     }
 
-    fn on_downstream_close(&mut self) {
-        Stream::on_downstream_close(self)
+    fn on_downstream_close(&mut self, peer: PeerType) {
+        Stream::on_downstream_close(self, peer)
     }
 
     fn on_log(&mut self) {
@@ -623,6 +650,14 @@ impl FakeEnvoy {
         id
     }
 
+    /// Sets (or changes) a property of a live connection, as Envoy's stream info changes during
+    /// a connection (`response.flags` set by a failure, termination details at close).
+    pub fn set_connection_property(&mut self, connection: ConnectionId, key: &str, value: Vec<u8>) {
+        if let Some(state) = self.world.borrow_mut().connections.get_mut(&connection) {
+            state.properties.insert(key.to_string(), value);
+        }
+    }
+
     /// Bytes from the client (`end_of_stream`: it half-closed).
     pub fn downstream(&mut self, connection: ConnectionId, bytes: &[u8], end_of_stream: bool) {
         self.data(connection, Direction::Downstream, bytes, end_of_stream);
@@ -720,8 +755,9 @@ impl FakeEnvoy {
         if let Some(mut connection) = self.connections.remove(&id) {
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
+                // The client closed: its connection's peer is remote.
                 enter(&self.world, "on_downstream_close");
-                stream.on_downstream_close();
+                stream.on_downstream_close(PeerType::Remote);
             }
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
@@ -857,24 +893,32 @@ impl FakeEnvoy {
             .collect()
     }
 
+    /// Every series of gauge `metric` with its labels and value.
+    pub fn gauge_series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, i64)> {
+        let world = self.world.borrow();
+        let all: Vec<(String, i64)> = world
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.gauge))
+            .collect();
+        series_of(all, metric)
+    }
+
+    /// Every series of histogram `metric` with its labels and recorded values, in order.
+    pub fn histogram_series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, Vec<u64>)> {
+        let world = self.world.borrow();
+        let all: Vec<(String, Vec<u64>)> = world
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.records.clone()))
+            .collect();
+        series_of(all, metric)
+    }
+
     /// Every series of `metric` (stat names `label=.=value;.;…;.;metric`) with its labels, as
     /// the bootstrap's `stats_tags` extract them, and its value.
     pub fn series(&self, metric: &str) -> Vec<(BTreeMap<String, String>, u64)> {
-        let suffix = format!(";.;{metric}");
-        self.counters()
-            .into_iter()
-            .filter(|(name, _)| name.ends_with(&suffix) || name == metric)
-            .map(|(name, value)| {
-                let labels = name
-                    .strip_suffix(&suffix)
-                    .unwrap_or_default()
-                    .split(";.;")
-                    .filter_map(|part| part.split_once("=.="))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (labels, value)
-            })
-            .collect()
+        series_of(self.counters(), metric)
     }
 
     /// Every log line, in order.
@@ -909,4 +953,23 @@ impl FakeEnvoy {
     pub fn listener_of(&self, connection: ConnectionId) -> Option<ListenerId> {
         self.connections.get(&connection).map(|c| c.listener)
     }
+}
+
+/// The series of `metric` among `(stat name, value)` pairs, labels extracted as the bootstrap's
+/// `stats_tags` do.
+fn series_of<V>(all: Vec<(String, V)>, metric: &str) -> Vec<(BTreeMap<String, String>, V)> {
+    let suffix = format!(";.;{metric}");
+    all.into_iter()
+        .filter(|(name, _)| name.ends_with(&suffix) || name == metric)
+        .map(|(name, value)| {
+            let labels = name
+                .strip_suffix(&suffix)
+                .unwrap_or_default()
+                .split(";.;")
+                .filter_map(|part| part.split_once("=.="))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (labels, value)
+        })
+        .collect()
 }

@@ -16,7 +16,8 @@
 //! - [`backend`]: loopback backends; [`certs`]: SPIFFE certificates made with `openssl`;
 //! - [`bookinfo`]: ratings-v2 → mongodb as Istio's TCP metrics task deploys them;
 //! - [`mesh`]: client sidecar → server sidecar → backend from the shipped templates, with a
-//!   builder ([`mesh::MeshOptions`]); [`prometheus`]: a real Prometheus scraping it.
+//!   builder ([`mesh::MeshOptions`]); [`prometheus`]: a real Prometheus scraping it;
+//! - [`summary`]: one sidecar's Istio TCP metrics as a short table (the demo's last step).
 //!
 //! Ports: templates accept port 0 for both the admin and the listeners. The kit reads the admin
 //! address back (`--admin-address-path`) and the listener ports from `GET /listeners`, so no
@@ -35,3 +36,4 @@ pub mod mesh;
 pub mod metadata;
 pub mod prometheus;
 pub mod render;
+pub mod summary;

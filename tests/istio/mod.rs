@@ -20,10 +20,11 @@ pub const MOUNTED_MODULE: &str = "/var/local/lib/wasm-filters/istio_tcp_telemetr
 pub const EXCHANGE: &str = "istio_metadata_exchange";
 pub const STATS: &str = "istio_tcp_stats";
 pub const TELEMETRY: &str = "istio_tcp_telemetry";
-pub const EXPECTED_FILES: [&str; 3] = [
+pub const EXPECTED_FILES: [&str; 4] = [
     "envoyfilter-tcp-telemetry.yaml",
     "envoyfilter-tcp-telemetry-remote.yaml",
     "wasmplugin-tcp-telemetry.yaml",
+    "wasmplugin-tcp-telemetry-oci.yaml",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,6 +260,8 @@ pub fn wasmplugin_chains(m: &Manifest) -> Result<Vec<Chain>, String> {
         });
         match spec["failStrategy"].as_str() {
             Some("FAIL_OPEN") => config["failure_policy"] = json!("FAIL_OPEN"),
+            // istiod 1.25+ (proxies 1.25+); older proxies only get `fail_open`.
+            Some("FAIL_RELOAD") => config["failure_policy"] = json!("FAIL_RELOAD"),
             Some("FAIL_CLOSE") | None => config["failure_policy"] = json!("FAIL_CLOSED"),
             Some(other) => return Err(format!("{name}: failStrategy {other}")),
         }

@@ -2,6 +2,7 @@
 //!
 //! ```json
 //! {"tcp_reporting_duration": "15s", "reporter": "destination", "max_series_per_metric": 1000,
+//!  "connection_duration": true,
 //!  "metrics": [{"name": "tcp_sent_bytes_total", "tags_to_remove": ["source_principal"],
 //!               "dimensions": {"team": "destination_labels.team"}}],
 //!  "definitions": [{"name": "istio_mongo_received_bytes", "value": "bytes_received",
@@ -11,7 +12,9 @@
 //! `metrics` follows Istio's stats plugin (`name` is a standard metric, with or without `istio_`,
 //! a definition's name, or `""` for all standard metrics; `dimensions` with `""` also reach the
 //! definitions, as in Istio). Dimension values are attribute names ([`super::labels::attribute`])
-//! where Istio takes CEL. Every rejection names the field at fault.
+//! where Istio takes CEL; a `match` value is a string or a list of accepted strings. Close
+//! attributes ([`super::close`]) are admitted only on metrics emitted at close (closed counts
+//! and lifetimes). Every rejection names the field at fault.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,8 +22,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cardinality::{FOLDED_SERIES_METRIC, OVERFLOW_LABEL};
+use super::close::is_close_attribute;
 use super::labels::{is_known_attribute, is_standard_label, Reporter, STANDARD_LABELS};
-use super::plan::{standard_metric, MetricPlan, Target, ValueKind, ISTIO_PREFIX};
+use super::plan::{standard_metric, MetricPlan, MetricType, Target, ValueKind, ISTIO_PREFIX};
 use super::stat_name::is_valid_name;
 use crate::logic::config_error::{parse_json, ConfigError};
 
@@ -61,6 +65,8 @@ struct RawStatsConfig {
     #[serde(default = "default_max_series")]
     max_series_per_metric: u64,
     #[serde(default)]
+    connection_duration: bool,
+    #[serde(default)]
     metrics: Vec<RawOverride>,
     #[serde(default)]
     definitions: Vec<RawDefinition>,
@@ -84,11 +90,106 @@ struct RawOverride {
     dimensions: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum MetricType {
+enum RawMetricType {
     #[default]
     Counter,
+    Gauge,
+    Histogram,
+}
+
+impl RawMetricType {
+    fn of(self) -> MetricType {
+        match self {
+            RawMetricType::Counter => MetricType::Counter,
+            RawMetricType::Gauge => MetricType::Gauge,
+            RawMetricType::Histogram => MetricType::Histogram,
+        }
+    }
+}
+
+/// A `match` value: one accepted string or a list of them. Read by a small visitor of its own
+/// (not through `serde_json::Value`), so a wrong value is reported at its own position, under
+/// its attribute's name.
+#[derive(Debug, Clone)]
+enum RawMatch {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+const MATCH_EXPECTED: &str = "a string or a list of strings";
+
+impl<'de> Deserialize<'de> for RawMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(MATCH_EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawMatch, E> {
+                Ok(RawMatch::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawMatch, A::Error> {
+                let mut items = Vec::new();
+                let mut wrong = None;
+                while let Some(item) = seq.next_element::<MatchItem>()? {
+                    match item {
+                        MatchItem::Text(s) => items.push(s),
+                        MatchItem::Other(what) => wrong = wrong.or(Some(what)),
+                    }
+                }
+                match wrong {
+                    Some(what) => Err(serde::de::Error::custom(format!(
+                        "expected {MATCH_EXPECTED}, got {what}"
+                    ))),
+                    None => Ok(RawMatch::AnyOf(items)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One element of a `match` list: a string, or what else it was (for the error).
+enum MatchItem {
+    Text(String),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for MatchItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MatchItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MatchItem, E> {
+                Ok(MatchItem::Text(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other("null".to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,12 +197,12 @@ enum MetricType {
 struct RawDefinition {
     name: String,
     #[serde(default, rename = "type")]
-    _type: MetricType,
+    type_: RawMetricType,
     value: ValueKind,
     #[serde(default)]
     dimensions: BTreeMap<String, String>,
     #[serde(default, rename = "match")]
-    match_: BTreeMap<String, String>,
+    match_: BTreeMap<String, RawMatch>,
 }
 
 impl StatsConfig {
@@ -122,6 +223,9 @@ impl StatsConfig {
             ));
         }
         let mut plan = MetricPlan::standard();
+        if raw.connection_duration {
+            plan.enable_duration();
+        }
         let mut names = LabelNames::new();
         for (i, def) in raw.definitions.iter().enumerate() {
             define(&mut plan, &mut names, &format!("definitions[{i}]"), def)?;
@@ -261,13 +365,36 @@ impl LabelNames {
 }
 
 fn check_attribute(field: &str, attribute: &str) -> Result<(), ConfigError> {
-    if is_known_attribute(attribute) {
+    if is_known_attribute(attribute) || is_close_attribute(attribute) {
         Ok(())
     } else {
         Err(ConfigError::field(
             field,
             format!("unknown attribute {attribute:?}"),
         ))
+    }
+}
+
+/// A close attribute may only label metrics whose value is emitted at close.
+fn check_close_time(
+    field: &str,
+    attribute: &str,
+    metrics: &[(String, ValueKind)],
+) -> Result<(), ConfigError> {
+    if !is_close_attribute(attribute) {
+        return Ok(());
+    }
+    match metrics.iter().find(|(_, v)| !v.is_close_time()) {
+        None => Ok(()),
+        Some((name, _)) => Err(ConfigError::field(
+            field,
+            format!(
+                "attribute {attribute:?} is known only at close, but {name} is also reported \
+                 before close; use it on tcp_connections_closed_total, \
+                 tcp_connection_duration_milliseconds or a definition whose value is \
+                 connections_closed or connection_duration"
+            ),
+        )),
     }
 }
 
@@ -306,15 +433,36 @@ fn define(
             format!("duplicate definition {:?}", def.name),
         ));
     }
+    if def.type_.of() != def.value.metric_type() {
+        return Err(ConfigError::field(
+            &format!("{path}.type"),
+            format!(
+                "a {:?} value goes to a {}",
+                def.value,
+                match def.value.metric_type() {
+                    MetricType::Counter => "counter",
+                    MetricType::Gauge => "gauge",
+                    MetricType::Histogram => "histogram",
+                }
+            ),
+        ));
+    }
+    let this = [(def.name.clone(), def.value)];
     for (label, attribute) in &def.dimensions {
         let field = format!("{path}.dimensions.{label}");
         names
             .admit(label)
             .map_err(|e| ConfigError::field(&field, e))?;
         check_attribute(&field, attribute)?;
+        check_close_time(&field, attribute, &this)?;
     }
-    for attribute in def.match_.keys() {
-        check_attribute(&format!("{path}.match.{attribute}"), attribute)?;
+    for (attribute, want) in &def.match_ {
+        let field = format!("{path}.match.{attribute}");
+        check_attribute(&field, attribute)?;
+        check_close_time(&field, attribute, &this)?;
+        if matches!(want, RawMatch::AnyOf(v) if v.is_empty()) {
+            return Err(ConfigError::field(&field, "an empty list matches nothing"));
+        }
     }
     let dimensions: Vec<(String, String)> = def
         .dimensions
@@ -324,7 +472,13 @@ fn define(
     let matches = def
         .match_
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| {
+            let values = match v {
+                RawMatch::One(s) => vec![s.clone()],
+                RawMatch::AnyOf(list) => list.clone(),
+            };
+            (k.clone(), values)
+        })
         .collect();
     plan.define(&def.name, def.value, &dimensions, matches);
     Ok(())
@@ -360,12 +514,18 @@ fn apply_override(
             ));
         }
     }
+    let reached = if o.drop {
+        Vec::new()
+    } else {
+        plan.values_of(dimension_target)
+    };
     for (label, attribute) in &o.dimensions {
         let field = format!("{path}.dimensions.{label}");
         names
             .admit(label)
             .map_err(|e| ConfigError::field(&field, e))?;
         check_attribute(&field, attribute)?;
+        check_close_time(&field, attribute, &reached)?;
     }
     if o.drop {
         // As Istio: a dropped metric ignores the rest of its entry.

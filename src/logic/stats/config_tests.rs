@@ -277,6 +277,7 @@ fn a_full_config_parses() {
             "istio_tcp_connections_opened_total",
             "istio_tcp_connections_closed_total",
             "istio_tcp_received_bytes_total",
+            "istio_tcp_connections_open",
             "istio_mongo_received_bytes"
         ]
     );
@@ -318,4 +319,87 @@ fn arbitrary_input_is_rejected_or_accepted_never_panics() {
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         let _ = StatsConfig::parse(&bytes);
     }
+}
+
+#[test]
+fn the_lifetime_histogram_is_off_by_default() {
+    use crate::logic::stats::plan::{TCP_CONNECTIONS_OPEN, TCP_CONNECTION_DURATION};
+    let off = parse("{}").plan;
+    assert!(off.reported_metrics().contains(&TCP_CONNECTIONS_OPEN));
+    assert!(!off.reported_metrics().contains(&TCP_CONNECTION_DURATION));
+    assert!(!off.needs_clock() && !off.has_close_metrics());
+    let on = parse(r#"{"connection_duration": true}"#).plan;
+    assert!(on.reported_metrics().contains(&TCP_CONNECTION_DURATION));
+    assert!(on.needs_clock() && !on.has_close_metrics());
+    let dropped = parse(
+        r#"{"connection_duration": true,
+            "metrics": [{"name": "tcp_connection_duration_milliseconds", "drop": true}]}"#,
+    );
+    assert!(!dropped.plan.needs_clock());
+    rejects(r#"{"connection_duration": "yes"}"#, "connection_duration");
+}
+
+#[test]
+fn close_attributes_only_on_metrics_emitted_at_close() {
+    let ok = parse(
+        r#"{"connection_duration": true,
+            "metrics": [{"name": "tcp_connections_closed_total",
+                         "dimensions": {"closed_by": "closed_by"}},
+                        {"name": "tcp_connection_duration_milliseconds",
+                         "tags_to_remove": ["source_principal"],
+                         "dimensions": {"close_flags": "close_flags"}}],
+            "definitions": [{"name": "failed", "value": "connections_closed",
+                             "match": {"close_flags": ["UF", "UF,URX"]}},
+                            {"name": "lifetimes", "type": "histogram",
+                             "value": "connection_duration",
+                             "dimensions": {"duration_class": "duration_class"}}]}"#,
+    );
+    assert!(ok.plan.has_close_metrics() && ok.plan.needs_clock());
+    rejects(
+        r#"{"metrics": [{"dimensions": {"closed_by": "closed_by"}}]}"#,
+        "metrics[0].dimensions.closed_by",
+    );
+    rejects(
+        r#"{"metrics": [{"name": "tcp_received_bytes_total",
+                         "dimensions": {"f": "termination_details"}}]}"#,
+        "metrics[0].dimensions.f",
+    );
+    rejects(
+        r#"{"definitions": [{"name": "x", "value": "connections_opened",
+                             "dimensions": {"closed_by": "closed_by"}}]}"#,
+        "definitions[0].dimensions.closed_by",
+    );
+    // Dropping the metrics reported before close makes `""` acceptable.
+    parse(
+        r#"{"metrics": [{"name": "tcp_connections_opened_total", "drop": true},
+                        {"name": "tcp_sent_bytes_total", "drop": true},
+                        {"name": "tcp_received_bytes_total", "drop": true},
+                        {"name": "tcp_connections_open", "drop": true},
+                        {"dimensions": {"closed_by": "closed_by"}}]}"#,
+    );
+}
+
+#[test]
+fn definition_types_follow_their_values_and_match_lists() {
+    rejects(
+        r#"{"definitions": [{"name": "x", "type": "gauge", "value": "bytes_sent"}]}"#,
+        "definitions[0].type",
+    );
+    rejects(
+        r#"{"definitions": [{"name": "x", "value": "connection_duration"}]}"#,
+        "definitions[0].type",
+    );
+    parse(r#"{"definitions": [{"name": "x", "type": "gauge", "value": "connections_open"}]}"#);
+    rejects(
+        r#"{"definitions": [{"name": "x", "value": "bytes_sent", "match": {"source_app": []}}]}"#,
+        "definitions[0].match.source_app",
+    );
+    rejects(
+        r#"{"definitions": [{"name": "x", "value": "bytes_sent", "match": {"source_app": [1]}}]}"#,
+        "definitions[0].match.source_app",
+    );
+    assert!(
+        err(r#"{"definitions": [{"name": "x", "value": "bytes_sent", "match": {"a": 2}}]}"#)
+            .contains("expected a string or a list of strings")
+    );
 }

@@ -32,6 +32,9 @@ pub mod paths {
     pub const CLUSTER_METADATA: &[&str] = &["xds", "cluster_metadata"];
     pub const CLUSTER_NAME: &[&str] = &["xds", "cluster_name"];
     pub const RESPONSE_FLAGS: &[&str] = &["response", "flags"];
+    /// Read at close, for the close attributes.
+    pub const TERMINATION_DETAILS: &[&str] = &["connection", "termination_details"];
+    pub const TRANSPORT_FAILURE_REASON: &[&str] = &["upstream", "transport_failure_reason"];
     pub const PEER_SAN: &str = "uri_san_peer_certificate";
     pub const LOCAL_SAN: &str = "uri_san_local_certificate";
 

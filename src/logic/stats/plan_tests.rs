@@ -44,7 +44,7 @@ const MIXER_MONGO: &str = r#"{"definitions": [{
     "match": {"destination_service_name": "mongodb"}}]}"#;
 
 #[test]
-fn standard_plan_reports_the_four_metrics() {
+fn standard_plan_reports_istios_four_metrics_and_the_gauge() {
     let series = MetricPlan::standard().series(&server_facts());
     assert_eq!(
         names(&series),
@@ -52,7 +52,8 @@ fn standard_plan_reports_the_four_metrics() {
             TCP_CONNECTIONS_OPENED_TOTAL,
             TCP_CONNECTIONS_CLOSED_TOTAL,
             TCP_SENT_BYTES_TOTAL,
-            TCP_RECEIVED_BYTES_TOTAL
+            TCP_RECEIVED_BYTES_TOTAL,
+            TCP_CONNECTIONS_OPEN
         ]
     );
     let values: Vec<ValueKind> = series.iter().map(|s| s.value).collect();
@@ -62,8 +63,14 @@ fn standard_plan_reports_the_four_metrics() {
             ValueKind::ConnectionsOpened,
             ValueKind::ConnectionsClosed,
             ValueKind::BytesSent,
-            ValueKind::BytesReceived
+            ValueKind::BytesReceived,
+            ValueKind::ConnectionsOpen
         ]
+    );
+    assert_eq!(
+        label_names(&series[4].stat_name),
+        STANDARD_LABELS,
+        "the gauge has the counters' labels"
     );
     let opened = &series[0].stat_name;
     assert!(opened.starts_with(
@@ -87,7 +94,7 @@ fn mixer_mongo_definition_for_a_mongodb_destination() {
     let p = plan(MIXER_MONGO);
     for facts in [server_facts(), client_facts()] {
         let series = p.series(&facts);
-        assert_eq!(series.len(), 5);
+        assert_eq!(series.len(), 6);
         let mongo = find(&series, "istio_mongo_received_bytes").expect("the Mixer-era series");
         assert_eq!(mongo.value, ValueKind::BytesReceived);
         assert_eq!(
@@ -110,7 +117,7 @@ fn mixer_mongo_definition_skips_other_destinations() {
         namespace: "default".into(),
     });
     let series = p.series(&f);
-    assert_eq!(series.len(), 4);
+    assert_eq!(series.len(), 5);
     assert!(find(&series, "istio_mongo_received_bytes").is_none());
     // No service at all on the client: `unknown`, which is not `mongodb` either.
     f.service = None;
@@ -125,11 +132,19 @@ fn drop_by_short_full_and_empty_name() {
     );
     assert_eq!(
         names(&p.series(&server_facts())),
-        vec![TCP_CONNECTIONS_OPENED_TOTAL, TCP_RECEIVED_BYTES_TOTAL]
+        vec![
+            TCP_CONNECTIONS_OPENED_TOTAL,
+            TCP_RECEIVED_BYTES_TOTAL,
+            TCP_CONNECTIONS_OPEN
+        ]
     );
     assert_eq!(
         p.reported_metrics(),
-        vec![TCP_CONNECTIONS_OPENED_TOTAL, TCP_RECEIVED_BYTES_TOTAL]
+        vec![
+            TCP_CONNECTIONS_OPENED_TOTAL,
+            TCP_RECEIVED_BYTES_TOTAL,
+            TCP_CONNECTIONS_OPEN
+        ]
     );
     let only_mixer = format!(
         r#"{{"definitions": {}, "metrics": [{{"name": "", "drop": true}}]}}"#,
@@ -206,7 +221,7 @@ fn empty_name_dimensions_reach_definitions_and_named_overrides_reach_one() {
     );
     assert_eq!(tag(&series[0].stat_name, "source_version"), Some("v2"));
     let series = with(r#"[{"name": "istio_mongo_received_bytes", "drop": true}]"#);
-    assert_eq!(series.len(), 4);
+    assert_eq!(series.len(), 5);
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! Per-VM series bookkeeping: which counter each of a connection's values goes to.
+//! Per-VM series bookkeeping: which metric each of a connection's values goes to.
 //!
 //! [`SeriesBook`] resolves the [`Series`] of a connection through the cardinality cap
-//! ([`SeriesLimiter`]) to counter handles (of any type `C`: the glue's host handle), defining
-//! each stat name once, and says how many label sets were folded by it. It also remembers the
-//! handles by the raw label inputs ([`super::inputs::LabelInputs::key`]): connections between
-//! the same workloads skip decoding, 23 labels, four ~700-byte stat names and the counter
-//! lookups. Only results where every series got its own counter are remembered, so the cap
+//! ([`SeriesLimiter`]) to metric handles (of any type `C`: the glue's host handle, a counter,
+//! gauge or histogram by the value's [`super::plan::MetricType`]), defining each stat name
+//! once, and says how many label sets were folded by it. It also remembers the handles by the
+//! raw label inputs ([`super::inputs::LabelInputs::key`]; for the series resolved at close,
+//! with the close attributes' values, [`super::close::CloseFacts::cache_key`]): connections
+//! between the same workloads skip decoding, 23 labels, four ~700-byte stat names and the
+//! counter lookups. Only results where every series got its own counter are remembered, so the cap
 //! behaves exactly as without the cache; the cache is emptied when full. Correct under xDS
 //! updates and certificate rotation: the key holds every property the labels come from, as read
 //! on that connection (cluster name and metadata, both principals, the peer, the flags), so a
@@ -53,14 +55,14 @@ impl<C: Copy> SeriesBook<C> {
         self.cache.get(key).cloned()
     }
 
-    /// Admits each series past the cap and finds (or `define`s) its counter; remembers the
-    /// result under `key` when `cacheable` and every series got its own counter.
+    /// Admits each series past the cap and finds (or `define`s, given the value it counts) its
+    /// metric; remembers the result under `key` when `cacheable` and every series got its own.
     pub fn resolve(
         &mut self,
         key: Vec<u8>,
         cacheable: bool,
         series: Vec<Series>,
-        mut define: impl FnMut(&str) -> Option<C>,
+        mut define: impl FnMut(&str, ValueKind) -> Option<C>,
     ) -> Resolved<C> {
         let folded_before = self.limiter.folded();
         let mut handles = Vec::with_capacity(series.len());
@@ -77,7 +79,7 @@ impl<C: Copy> SeriesBook<C> {
             let name = admitted.into_stat_name();
             let handle = match self.defined.get(name.as_str()) {
                 Some(handle) => *handle,
-                None => match define(&name) {
+                None => match define(&name, value) {
                     Some(handle) => {
                         self.defined.insert(name, handle);
                         handle
@@ -126,7 +128,7 @@ mod tests {
     fn defines_once_caches_own_series_and_says_what_folded() {
         let mut book = SeriesBook::<u32>::new(1);
         let mut defined = Vec::new();
-        let mut define = |n: &str| {
+        let mut define = |n: &str, _| {
             defined.push(n.to_string());
             Some(defined.len() as u32)
         };
@@ -147,11 +149,11 @@ mod tests {
     #[test]
     fn failures_are_reported_and_not_cached() {
         let mut book = SeriesBook::<u32>::new(10);
-        let r = book.resolve(b"k".to_vec(), true, series("a"), |_| None);
+        let r = book.resolve(b"k".to_vec(), true, series("a"), |_, _| None);
         assert!(r.handles.is_empty());
         assert_eq!(r.failed, vec!["l=.=a;.;m"]);
         assert_eq!(book.cached(b"k"), None);
-        let r = book.resolve(b"k".to_vec(), false, series("a"), |_| Some(7));
+        let r = book.resolve(b"k".to_vec(), false, series("a"), |_, _| Some(7));
         assert_eq!(r.handles.len(), 1);
         assert_eq!(book.cached(b"k"), None, "not cacheable");
     }
