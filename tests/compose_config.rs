@@ -275,6 +275,35 @@ fn each_sidecar_renders_its_template_into_a_valid_envoy_config() {
             panic!("{name}: rendered config is not valid:\n{e}\n{yaml}");
         }
 
+        // The client's ALPN: derived from EXCHANGE_CONFIG as support::render derives it, and
+        // without istio-peer-exchange when client_gate never promises no frame.
+        if fs::read_to_string(&template_copy)
+            .unwrap()
+            .contains("{{UPSTREAM_ALPN}}")
+        {
+            let exchange = env["EXCHANGE_CONFIG"].clone();
+            let alpn = |yaml: &str| format!("alpn_protocols: {}", upstream_alpn(yaml));
+            assert!(yaml.contains(&alpn(&exchange)), "{name}: ALPN\n{yaml}");
+            assert!(yaml.contains(r#"alpn_protocols: ["istio-peer-exchange", "istio"]"#));
+            let mut never = env.clone();
+            never.insert(
+                "EXCHANGE_CONFIG".into(),
+                r#"{"side": "client", "client_gate": "never"}"#.into(),
+            );
+            let out = run_script(&a, &never);
+            assert!(
+                out.status.success(),
+                "{name}: render with client_gate never"
+            );
+            let yaml = fs::read_to_string(&rendered).unwrap();
+            assert!(
+                yaml.contains(r#"alpn_protocols: ["istio"]"#)
+                    && !yaml.contains("istio-peer-exchange"),
+                "{name}: client_gate never still offers istio-peer-exchange:\n{yaml}"
+            );
+            validate_config(&name, &yaml).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+
         // Negative 1: without one of its variables the script refuses, naming it.
         let mut fewer = env.clone();
         fewer.remove("NODE_ID");

@@ -5,6 +5,8 @@
 //!   `Any` passes untouched, header included (`peer_not_found`).
 //! - Expect mode never answers a client whose first bytes showed no frame (a TLS client that
 //!   offers ALPN `istio-peer-exchange` but runs no exchange filter).
+//! - The mTLS client template offers `istio-peer-exchange` only when it will send a frame: with
+//!   `client_gate: never` it offers `istio`, served over mTLS on the server's detect chain.
 //! - The mTLS client template offers the ALPN only on its mutual-TLS match: a `tlsMode`
 //!   `disabled` endpoint is reached in plaintext, on the server's detect chain.
 //! - Whatever a non-mesh client (detect chain) or a non-mesh server (client side) sends, at most
@@ -68,12 +70,26 @@ fn detect_mode_passes_a_lookalike_frame_untouched() {
     assert!(line.starts_with("peer_id=- not_found=true "), "{line}");
 }
 
+/// The shipped client template with `client_gate: never` offers only ALPN `istio` (see
+/// [`client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain`]); a
+/// hand-made client that still offers `istio-peer-exchange` without an exchange filter is what
+/// this puts in front of the server's expect chain.
+fn offer_exchange_alpn_anyway(client_yaml: &str) -> String {
+    let (never, both) = (
+        r#"alpn_protocols: ["istio"]"#,
+        r#"alpn_protocols: ["istio-peer-exchange", "istio"]"#,
+    );
+    assert!(client_yaml.contains(never), "{client_yaml}");
+    client_yaml.replace(never, both)
+}
+
 fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
-    // The client sidecar offers ALPN istio-peer-exchange (mTLS template) but sends no frame.
+    // The client sidecar offers ALPN istio-peer-exchange but sends no frame.
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
         mtls: true,
         client_exchange: r#"{"side":"client","client_gate":"never"}"#.into(),
+        client_yaml_patch: Some(offer_exchange_alpn_anyway),
         ..Default::default()
     };
     let mesh = Mesh::start("nm-expect-silent", backend.port(), &opts);
@@ -88,6 +104,77 @@ fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
     server.wait_for_counter("tcp.inbound_mtls.downstream_cx_total", 3, WAIT);
     assert_eq!(mx(server, "metadata_added"), 0);
     assert_eq!(mx(server, "initial_header_not_found"), 3);
+}
+
+/// `client_gate: never` sends no frame, so the shipped mTLS client template offers only ALPN
+/// `istio`: the server serves it over mutual TLS on its detect chain (as Istio's inbound mTLS
+/// chain serves `istio`), never on the expect chain, and no byte is added or lost either way.
+fn client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let backend = support::Backend::spawn(move |mut conn: TcpStream| {
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            conn.write_all(&[b"hello ", &buf[..n]].concat())?;
+        }
+        seen.lock().unwrap().push(got);
+        Ok(())
+    });
+    let opts = MeshOptions {
+        mtls: true,
+        client_exchange: r#"{"side":"client","client_gate":"never"}"#.into(),
+        ..Default::default()
+    };
+    let mesh = Mesh::start("nm-never-alpn", backend.port(), &opts);
+    assert!(
+        mesh.client_config.contains(r#"alpn_protocols: ["istio"]"#),
+        "the client offers only istio"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            request_reply(mesh.client_port, b"world\n", 12),
+            b"hello world\n",
+            "the application gets exactly the backend's bytes"
+        );
+    }
+    let server = mesh.server();
+    server.wait_for_counter("tcp.inbound_mtls_detect.downstream_cx_total", 3, WAIT);
+    assert_eq!(
+        server.counter("tcp.inbound_mtls.downstream_cx_total"),
+        Some(0),
+        "the expect chain never sees a client that offers no istio-peer-exchange"
+    );
+    assert_eq!(
+        server.counter("tcp.inbound_plaintext.downstream_cx_total"),
+        Some(0)
+    );
+    assert_eq!(
+        server.counter("listener.inbound.ssl.handshake"),
+        Some(3),
+        "mutual TLS"
+    );
+    assert_eq!(mx(server, "metadata_added"), 0);
+    assert_eq!(mx(server, "alpn_protocol_not_found"), 3, "detect mode ran");
+    let deadline = std::time::Instant::now() + WAIT;
+    while received.lock().unwrap().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend: {received:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        *received.lock().unwrap(),
+        vec![b"world\n".to_vec(); 3],
+        "the backend receives exactly the application's bytes"
+    );
 }
 
 fn mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint() {
@@ -237,6 +324,7 @@ fn a_backend_half_close_does_not_stop_frame_stripping() {
 testkit::both_filters!(
     detect_mode_passes_a_lookalike_frame_untouched,
     expect_mode_does_not_answer_a_client_that_sent_no_frame,
+    client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain,
     mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint,
     untrusted_peers_cannot_flood_the_log,
     short_first_write_waits_for_the_listener_filter_timeout,

@@ -72,7 +72,7 @@ fn sidecars_ship_the_combined_filter() {
     for (template, chains) in [
         ("sidecar-client.yaml", 1),
         ("sidecar-client-mtls.yaml", 1),
-        ("sidecar-server.yaml", 2),
+        ("sidecar-server.yaml", 3),
     ] {
         let text = std::fs::read_to_string(manifest_dir().join("envoy").join(template)).unwrap();
         let text: String = text
@@ -112,12 +112,78 @@ fn sidecar_client_is_valid() {
 fn sidecar_client_mtls_is_valid() {
     let yaml = check("sidecar-client-mtls.yaml");
     assert!(yaml.contains("UpstreamTlsContext"));
+    assert!(yaml.contains(r#"alpn_protocols: ["istio-peer-exchange", "istio"]"#));
 }
 
+/// The client offers `istio-peer-exchange` only when it may send a frame: `client_gate: never`
+/// renders ALPN `["istio"]` (the server's mTLS detect chain), every other gate both.
+#[test]
+fn sidecar_client_mtls_alpn_follows_the_client_gate() {
+    let dir = TempDir::new("template-client-alpn");
+    let certs = make_mtls_certs(&dir.path().join("certs"));
+    let text = shipped_template("sidecar-client-mtls.yaml");
+    for (gate, alpn) in [
+        (None, r#"["istio-peer-exchange", "istio"]"#),
+        (
+            Some("tls_mode_istio"),
+            r#"["istio-peer-exchange", "istio"]"#,
+        ),
+        (Some("istio_mtls"), r#"["istio-peer-exchange", "istio"]"#),
+        (Some("always"), r#"["istio-peer-exchange", "istio"]"#),
+        (Some("never"), r#"["istio"]"#),
+    ] {
+        let exchange = match gate {
+            None => r#"{"side":"client"}"#.to_string(),
+            Some(g) => format!(r#"{{"side":"client","client_gate":"{g}"}}"#),
+        };
+        let params: Vec<(&str, String)> = sample_params(&dir, &certs)
+            .into_iter()
+            .filter(|(k, _)| text.contains(&format!("{{{{{k}}}}}")))
+            .map(|(k, v)| match k {
+                "EXCHANGE_CONFIG" => (k, yaml_single_quoted(&exchange)),
+                _ => (k, v),
+            })
+            .collect();
+        let yaml = render("sidecar-client-mtls.yaml", &params);
+        let offered: Vec<&str> = yaml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("alpn_protocols: "))
+            .collect();
+        assert_eq!(offered, [alpn], "{exchange}");
+        if gate == Some("never") {
+            validate_config("client-alpn-never", &yaml).unwrap();
+        }
+    }
+}
+
+/// Three chains: `istio-peer-exchange` → expect, `istio` alone → mutual TLS in detect mode (as
+/// Istio's inbound mTLS chain serves `istio`), anything else → plaintext detect; each chain's
+/// own tcp_proxy stat prefix.
 #[test]
 fn sidecar_server_is_valid() {
     let yaml = check("sidecar-server.yaml");
-    assert!(yaml.contains("name: mx-mtls") && yaml.contains("name: plaintext-detect"));
+    let chain = |name: &str| {
+        let start = yaml
+            .find(&format!("- name: {name}\n"))
+            .unwrap_or_else(|| panic!("no chain {name}"));
+        let rest = &yaml[start + 1..];
+        rest[..rest.find("\n    - name: ").unwrap_or(rest.len())].to_string()
+    };
+    let (expect, mtls_detect, plain) = (
+        chain("mx-mtls"),
+        chain("mtls-detect"),
+        chain("plaintext-detect"),
+    );
+    assert!(expect.contains(r#"application_protocols: ["istio-peer-exchange"]"#));
+    assert!(expect.contains(r#""server_mode":"expect""#));
+    assert!(expect.contains("stat_prefix: inbound_mtls\n"));
+    assert!(mtls_detect.contains(r#"application_protocols: ["istio"]"#));
+    assert!(mtls_detect.contains("require_client_certificate: true"));
+    assert!(mtls_detect.contains(r#""server_mode":"detect""#));
+    assert!(mtls_detect.contains("stat_prefix: inbound_mtls_detect\n"));
+    assert!(!plain.contains("filter_chain_match") && !plain.contains("DownstreamTlsContext"));
+    assert!(plain.contains(r#""server_mode":"detect""#));
+    assert!(plain.contains("stat_prefix: inbound_plaintext\n"));
 }
 
 /// With the separate filters, the exchange filter sits on the network side of the stats filter
@@ -133,12 +199,10 @@ fn filter_order_keeps_exchange_frames_away_from_stats() {
         pos(&client, "root_id: istio_tcp_stats") < pos(&client, "root_id: istio_metadata_exchange")
     );
     let server = read("envoy/sidecar-server.yaml");
-    for chain in server
-        .split("- name: mx-mtls")
-        .nth(1)
-        .unwrap()
-        .split("- name: plaintext-detect")
-    {
+    let filter_chains = server.split("filter_chains:").nth(1).unwrap();
+    let chains: Vec<&str> = filter_chains.split("\n    - name: ").skip(1).collect();
+    assert_eq!(chains.len(), 3, "mx-mtls, mtls-detect, plaintext-detect");
+    for chain in chains {
         assert!(
             pos(chain, "root_id: istio_metadata_exchange") < pos(chain, "root_id: istio_tcp_stats")
         );

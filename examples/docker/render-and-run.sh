@@ -13,7 +13,9 @@
 # (without its comments; $STATS_TAGS_FILE, default stats-tags.yaml next to TEMPLATE) unless
 # $STATS_TAGS is set, and every other `{{NAME}}` becomes the value of the environment variable
 # NAME, inserted verbatim. It fails, writing nothing, when a placeholder has no variable, and
-# checks that no `{{NAME}}` is left. JSON values that sit inside single quotes in a template
+# checks that no `{{NAME}}` is left. `{{UPSTREAM_ALPN}}` (the client's TLS ALPN) is derived from
+# $EXCHANGE_CONFIG exactly as support::render does: ["istio"] when client_gate is "never" (no
+# frame will be sent), ["istio-peer-exchange", "istio"] otherwise. JSON values that sit inside single quotes in a template
 # (STATS_CONFIG, EXCHANGE_CONFIG…) must have any ' doubled.
 set -euo pipefail
 
@@ -32,6 +34,15 @@ render() {
     [[ -f $tags_file ]] || die "no $tags_file for {{STATS_TAGS}}"
     STATS_TAGS=$(grep -v '^[[:space:]]*#' "$tags_file" || true)
     export STATS_TAGS
+  fi
+  if grep -q '{{UPSTREAM_ALPN}}' <<<"$body"; then
+    [[ -n ${EXCHANGE_CONFIG+x} ]] || die "$template: {{UPSTREAM_ALPN}} needs EXCHANGE_CONFIG"
+    if grep -Eq '"client_gate"[[:space:]]*:[[:space:]]*"never"' <<<"$EXCHANGE_CONFIG"; then
+      UPSTREAM_ALPN='["istio"]'
+    else
+      UPSTREAM_ALPN='["istio-peer-exchange", "istio"]'
+    fi
+    export UPSTREAM_ALPN
   fi
   local missing=() name
   for name in $(grep -o '{{[A-Za-z0-9_]*}}' <<<"$body" | tr -d '{}' | sort -u); do

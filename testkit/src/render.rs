@@ -22,9 +22,28 @@ pub fn yaml_single_quoted(s: &str) -> String {
     s.replace('\'', "''")
 }
 
+/// The ALPN list a client sidecar offers over TLS (`{{UPSTREAM_ALPN}}`), from its exchange
+/// config: `istio-peer-exchange` promises the server a frame, so it is offered only when the
+/// client may send one, i.e. unless `client_gate` is `never`. `istio` is always offered (the
+/// server's mTLS detect chain), as Istio's clients do.
+pub fn upstream_alpn(exchange_config_json: &str) -> &'static str {
+    let gate = serde_json::from_str::<serde_json::Value>(exchange_config_json)
+        .ok()
+        .and_then(|v| {
+            v.get("client_gate")
+                .and_then(|g| g.as_str())
+                .map(String::from)
+        });
+    match gate.as_deref() {
+        Some("never") => r#"["istio"]"#,
+        _ => r#"["istio-peer-exchange", "istio"]"#,
+    }
+}
+
 /// Renders `envoy/<template_rel_path>`: drops full-line comments (the documentation header),
 /// then replaces every `{{NAME}}` with its value from `params`. `{{STATS_TAGS}}` defaults to
-/// [`stats_tags`]. Values are inserted verbatim and not scanned again.
+/// [`stats_tags`]; `{{UPSTREAM_ALPN}}` is derived from `EXCHANGE_CONFIG` ([`upstream_alpn`]),
+/// the one place it is decided. Values are inserted verbatim and not scanned again.
 ///
 /// Panics when a placeholder has no value, or when a parameter is not used by the template.
 pub fn render(template_rel_path: &str, params: &[(&str, String)]) -> String {
@@ -195,6 +214,17 @@ pub fn render_text(label: &str, text: &str, params: &[(&str, String)], unused: U
                 out.push_str(&params[i].1);
             }
             None if name == "STATS_TAGS" => out.push_str(&stats_tags()),
+            None if name == "UPSTREAM_ALPN" => {
+                let i = params
+                    .iter()
+                    .position(|(k, _)| *k == "EXCHANGE_CONFIG")
+                    .unwrap_or_else(|| {
+                        panic!("{label}: {{{{UPSTREAM_ALPN}}}} needs EXCHANGE_CONFIG")
+                    });
+                used[i] = true;
+                // The parameter is YAML-single-quoted (doubled '); undo that to read the JSON.
+                out.push_str(upstream_alpn(&params[i].1.replace("''", "'")));
+            }
             None => panic!("{label}: no value for {{{{{name}}}}}"),
         }
         rest = &after[end + 2..];
