@@ -44,7 +44,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo
 
 export ENVOY_BIN WASM_MODULE
 
-.PHONY: help wasm-target build binaryen bench envoy envoy-version tools lint check test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean \
+.PHONY: help wasm-target build binaryen noop bench envoy envoy-version tools lint check test test-envoy test-envoy-matrix fuzz-smoke fuzz adversarial run prometheus clean distclean \
         build-test-trap soak soak-plot oci
 
 help: ## List the targets
@@ -160,7 +160,7 @@ lint: wasm-target ## rustfmt check and clippy (host, all targets and the testkit
 
 # The tests that need no Envoy, Prometheus or Debian tool: unit tests, golden vectors, and the
 # shipped filters in the fake Envoy (tests/glue_*.rs, tests/fake_envoy.rs).
-NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy demo_summary
+NATIVE_TESTS := golden_frames glue_exchange glue_stats glue_dispatch glue_host_failures fake_envoy demo_summary host_budget
 
 check: lint ## Fast inner loop: lint and the native tests (no apt, no Envoy; well under a minute warm)
 	cargo test --lib $(addprefix --test ,$(NATIVE_TESTS)) -- --test-threads 2
@@ -184,7 +184,14 @@ adversarial: build envoy tools ## The adversarial end-to-end suite at 10^4 conne
 
 # The benchmark needs more open files than the default soft limit: each of the 10k held
 # connections costs each Envoy two descriptors, so the soft limit is raised to the hard one.
-bench: build envoy tools ## Benchmark: tcp_proxy alone vs + both filters, side by side (docs/BENCHMARKS.md)
+# Variant F's do-nothing filter (benches/noop_filter), built and shrunk like the shipped module.
+noop: wasm-target binaryen ## Build the bench's do-nothing Wasm filter (variant F)
+	cargo build --release --target $(WASM_TARGET) -p noop-filter
+	wasm-opt $(WASM_OPT_FLAGS) "$(WASM_OUT)/deps/noop_filter.wasm" -o "$(WASM_OUT)/noop_filter.oz.wasm"
+	@rm -f "$(WASM_OUT)/noop_filter.wasm"
+	@cp "$(WASM_OUT)/noop_filter.oz.wasm" "$(WASM_OUT)/noop_filter.wasm"
+
+bench: build noop envoy tools ## Benchmark: tcp_proxy alone (A), a do-nothing Wasm filter (F), ours (B), side by side
 	ulimit -Sn "$$(ulimit -Hn)" || true; \
 	BENCH_COMMAND="make bench" cargo bench --bench tcp_bench
 

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! demo client ──▶ client sidecar (ratings-v2) ══mTLS══▶ server sidecar (mongodb-v1) ──▶ "mongodb"
-//!                 stats + exchange (client)             exchange (server) + stats      prefix server
+//!                 istio_tcp_telemetry (client side)     istio_tcp_telemetry (server)   prefix server
 //! ```
+//! Both sidecars run the shipped `envoy/` templates: the combined filter, exchange and stats in
+//! one Wasm context per connection.
 //! The backend answers every request with "hello " + request. The demo sends `world\n` on
 //! several connections, then prints each sidecar's Istio TCP metrics (or, while there are none,
 //! the metadata-exchange counters) and access logs, and last a short table per sidecar: source →

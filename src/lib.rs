@@ -19,6 +19,8 @@ pub mod proto;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
+/// `root_id` of the combined filter: exchange and stats in one stream context (the default).
+pub const TELEMETRY_ROOT_ID: &str = "istio_tcp_telemetry";
 /// `root_id` of the metadata-exchange filter.
 pub const EXCHANGE_ROOT_ID: &str = "istio_metadata_exchange";
 /// `root_id` of the TCP stats filter.

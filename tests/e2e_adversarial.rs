@@ -215,12 +215,10 @@ fn random_fragmentation(mtls: bool) {
     assert_unharmed(mesh.server(), "server sidecar", &server_health);
 }
 
-#[test]
 fn random_fragmentation_plaintext_counts_every_byte() {
     random_fragmentation(false);
 }
 
-#[test]
 fn random_fragmentation_mtls_counts_every_byte() {
     random_fragmentation(true);
 }
@@ -290,7 +288,6 @@ fn expected(h: &Hostile) -> &[u8] {
     }
 }
 
-#[test]
 fn hostile_clients_to_the_server_sidecar() {
     let backend = echo_server();
     let opts = MeshOptions {
@@ -423,7 +420,6 @@ fn read_all(mut conn: TcpStream) -> Vec<u8> {
     back
 }
 
-#[test]
 fn hostile_mesh_server_to_the_client_sidecar() {
     let streams = hostile_streams();
     let frame = claimed_frame(&[("WORKLOAD_NAME", "fake-server")], "sidecar~fake");
@@ -482,3 +478,10 @@ fn hostile_mesh_server_to_the_client_sidecar() {
         "heap grew from {heap_before} to {heap_after}"
     );
 }
+
+testkit::both_filters!(
+    random_fragmentation_plaintext_counts_every_byte,
+    random_fragmentation_mtls_counts_every_byte,
+    hostile_clients_to_the_server_sidecar,
+    hostile_mesh_server_to_the_client_sidecar,
+);

@@ -55,10 +55,17 @@ fn original_dst(yaml: &str) -> String {
           - object_key: envoy.network.transport_socket.original_dst_address
             format_string:
               text_format_source: {{ inline_string: "127.0.0.1:{port}" }}
-      - name: istio.tcp_stats
 "#
     );
-    head.replacen("      - name: istio.tcp_stats\n", &set_dst, 1)
+    // Ahead of the first Wasm filter: the combined one, or the stats filter of the two.
+    let first = [
+        "      - name: istio.tcp_telemetry\n",
+        "      - name: istio.tcp_stats\n",
+    ]
+    .into_iter()
+    .find(|line| head.contains(line))
+    .expect("a Wasm filter in the client chain");
+    head.replacen(first, &format!("{set_dst}{first}"), 1)
         .replacen(
             "    type: STATIC\n",
             "    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
@@ -67,7 +74,6 @@ fn original_dst(yaml: &str) -> String {
         .replacen("      match: { tlsMode: istio }\n", "      match: {}\n", 1)
 }
 
-#[test]
 fn original_dst_cluster_over_mtls_exchanges_and_labels_both_sides() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -120,7 +126,6 @@ fn original_dst_cluster_over_mtls_exchanges_and_labels_both_sides() {
     opened(mesh.server(), r#"source_workload="ratings-v2""#);
 }
 
-#[test]
 fn istio_mtls_gate_with_a_server_first_protocol() {
     let backend = greeting_server(b"220 mongodb ready\r\n");
     let opts = MeshOptions {
@@ -155,7 +160,6 @@ fn istio_mtls_gate_with_a_server_first_protocol() {
     }
 }
 
-#[test]
 fn tls_mode_istio_endpoint_reached_in_plaintext_gets_untouched_bytes() {
     // The plaintext client template, endpoint labelled tlsMode: istio, straight to a backend
     // that strips nothing (no server sidecar): it must receive exactly the application bytes.
@@ -186,3 +190,9 @@ fn tls_mode_istio_endpoint_reached_in_plaintext_gets_untouched_bytes() {
     assert_eq!(mx(&mesh.client, "metadata_added"), 0);
     assert_eq!(mx(&mesh.client, "alpn_protocol_not_found"), 2);
 }
+
+testkit::both_filters!(
+    original_dst_cluster_over_mtls_exchanges_and_labels_both_sides,
+    istio_mtls_gate_with_a_server_first_protocol,
+    tls_mode_istio_endpoint_reached_in_plaintext_gets_untouched_bytes,
+);

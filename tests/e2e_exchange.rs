@@ -46,7 +46,6 @@ fn hello_world_roundtrips(mesh: &Mesh, n: usize) {
     }
 }
 
-#[test]
 fn plaintext_client_first_both_sides_learn() {
     let backend = prefix_server(b"hello ");
     let mesh = Mesh::start("mx-plain", backend.port(), &MeshOptions::default());
@@ -88,7 +87,6 @@ fn plaintext_client_first_both_sides_learn() {
     }
 }
 
-#[test]
 fn mtls_with_alpn_selects_the_exchange_chain() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -118,7 +116,6 @@ fn mtls_with_alpn_selects_the_exchange_chain() {
     assert_eq!(mx(server, "metadata_added"), 4);
 }
 
-#[test]
 fn server_first_backend_in_expect_mode() {
     let backend = greeting_server(b"220 mongodb ready\r\n");
     let opts = MeshOptions {
@@ -164,7 +161,6 @@ fn trickle(conn: &mut TcpStream, bytes: &[u8]) {
     }
 }
 
-#[test]
 fn one_byte_fragments_in_both_directions() {
     // Client → server sidecar: an independently encoded frame (Python protobuf), one byte per
     // read, then the application bytes, also one per read.
@@ -226,7 +222,6 @@ fn one_byte_fragments_in_both_directions() {
     assert_eq!(mx(&mesh.client, "header_not_found"), 0);
 }
 
-#[test]
 fn non_mesh_client_to_detect_server_is_untouched() {
     let backend = echo_server();
     let mesh = Mesh::start(
@@ -246,7 +241,6 @@ fn non_mesh_client_to_detect_server_is_untouched() {
     assert_eq!(mx(mesh.server(), "metadata_added"), 0);
 }
 
-#[test]
 fn mesh_client_to_non_mesh_server_sends_nothing() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -263,7 +257,6 @@ fn mesh_client_to_non_mesh_server_sends_nothing() {
     assert_eq!(mx(&mesh.client, "metadata_added"), 0);
 }
 
-#[test]
 fn hostile_frames_neither_hang_nor_trap() {
     let backend = echo_server();
     let opts = MeshOptions {
@@ -347,7 +340,6 @@ fn hello_world_roundtrips_echo(mesh: &Mesh) {
     );
 }
 
-#[test]
 fn many_connections_on_two_workers_all_exchange() {
     let backend = echo_server();
     let opts = MeshOptions {
@@ -393,7 +385,6 @@ fn many_connections_on_two_workers_all_exchange() {
     );
 }
 
-#[test]
 fn bad_configuration_is_refused_by_envoy() {
     let backend = echo_server();
     let opts = MeshOptions {
@@ -417,3 +408,15 @@ fn bad_configuration_is_refused_by_envoy() {
         "the error names the field: {msg}"
     );
 }
+
+testkit::both_filters!(
+    plaintext_client_first_both_sides_learn,
+    mtls_with_alpn_selects_the_exchange_chain,
+    server_first_backend_in_expect_mode,
+    one_byte_fragments_in_both_directions,
+    non_mesh_client_to_detect_server_is_untouched,
+    mesh_client_to_non_mesh_server_sends_nothing,
+    hostile_frames_neither_hang_nor_trap,
+    many_connections_on_two_workers_all_exchange,
+    bad_configuration_is_refused_by_envoy,
+);

@@ -488,8 +488,17 @@ fn each_failure_policy_measured_after_a_trap() {
 
 /// The shipped policy end to end: a trap in each sidecar, then 100 connections, all correct,
 /// both reporters counting them, and the alert signal in `/stats/prometheus`.
+///
+/// With the two separate roots: the alert stats it reads are named after those filters
+/// (`istio.metadata_exchange`); the combined filter's reload is checked by
+/// `every_shipped_configuration_reloads_a_failed_vm` on the shipped templates.
 #[test]
 fn after_a_trap_the_shipped_policy_serves_100_connections_and_shows_the_reload() {
+    testkit::render::Filters::Separate
+        .run(run_after_a_trap_the_shipped_policy_serves_100_connections_and_shows_the_reload);
+}
+
+fn run_after_a_trap_the_shipped_policy_serves_100_connections_and_shows_the_reload() {
     let seen = Arc::new(AtomicBool::new(false));
     let backend = echo_watching_magic(seen.clone());
     let pair = start_pair("failure-shipped", SHIPPED, backend.port());

@@ -24,7 +24,6 @@ fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
     lines
 }
 
-#[test]
 fn access_logs_read_the_peer_workload_with_cel() {
     let backend = prefix_server(b"hello ");
     for mtls in [false, true] {
@@ -52,7 +51,6 @@ fn access_logs_read_the_peer_workload_with_cel() {
     }
 }
 
-#[test]
 fn a_connection_closed_before_the_peer_is_known_is_peer_not_found() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -85,3 +83,8 @@ fn a_connection_closed_before_the_peer_is_known_is_peer_not_found() {
     mesh.client
         .wait_for_counter("tcp.outbound.downstream_cx_total", 2, WAIT);
 }
+
+testkit::both_filters!(
+    access_logs_read_the_peer_workload_with_cel,
+    a_connection_closed_before_the_peer_is_known_is_peer_not_found,
+);

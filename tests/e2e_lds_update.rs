@@ -246,8 +246,15 @@ fn start_mesh(name: &str, args: &[&str]) -> (Sidecar, Sidecar, Backend, TempDir)
     (server, client, backend, dir)
 }
 
+/// With the two separate roots: the updates below edit each filter's configuration by its
+/// `root_id` (the combined root's one configuration is covered by the other suites).
 #[test]
 fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
+    testkit::render::Filters::Separate
+        .run(run_config_updates_under_200_live_connections_lose_and_alter_nothing);
+}
+
+fn run_config_updates_under_200_live_connections_lose_and_alter_nothing() {
     let (mut server, mut client, _backend, _dir) = start_mesh("lds-update", &[]);
     let port = client.port();
     let mut rng = Rng::new(hostile::seed());
@@ -402,8 +409,15 @@ fn config_updates_under_200_live_connections_lose_and_alter_nothing() {
 /// Envoy's own drain: with `--drain-time-s 3`, connections still open on a replaced filter chain
 /// are closed by Envoy when the drain ends, and their counts are reported at that close by the
 /// old configuration.
+/// With the two separate roots: the updates below edit each filter's configuration by its
+/// `root_id` (the combined root's one configuration is covered by the other suites).
 #[test]
 fn connections_closed_by_envoys_drain_are_still_counted() {
+    testkit::render::Filters::Separate
+        .run(run_connections_closed_by_envoys_drain_are_still_counted);
+}
+
+fn run_connections_closed_by_envoys_drain_are_still_counted() {
     const DRAINED: usize = 50;
     let (mut server, mut client, _backend, _dir) =
         start_mesh("lds-drain", &["--drain-time-s", "3"]);

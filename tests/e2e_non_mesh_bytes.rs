@@ -52,7 +52,6 @@ fn peer_warnings(envoy: &Envoy, total: usize) -> usize {
     }
 }
 
-#[test]
 fn detect_mode_passes_a_lookalike_frame_untouched() {
     let backend = echo_server();
     let mesh = Mesh::start("nm-lookalike", backend.port(), &MeshOptions::default());
@@ -84,7 +83,6 @@ fn offer_exchange_alpn_anyway(client_yaml: &str) -> String {
     client_yaml.replace(never, both)
 }
 
-#[test]
 fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
     // The client sidecar offers ALPN istio-peer-exchange but sends no frame.
     let backend = prefix_server(b"hello ");
@@ -111,7 +109,6 @@ fn expect_mode_does_not_answer_a_client_that_sent_no_frame() {
 /// `client_gate: never` sends no frame, so the shipped mTLS client template offers only ALPN
 /// `istio`: the server serves it over mutual TLS on its detect chain (as Istio's inbound mTLS
 /// chain serves `istio`), never on the expect chain, and no byte is added or lost either way.
-#[test]
 fn client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -180,7 +177,6 @@ fn client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain() 
     );
 }
 
-#[test]
 fn mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -204,7 +200,6 @@ fn mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint() {
     assert_eq!(mx(server, "metadata_added"), 0);
 }
 
-#[test]
 fn untrusted_peers_cannot_flood_the_log() {
     // Non-mesh clients on the detect chain: over-cap lengths, truncated frames, lookalikes.
     let backend = echo_server();
@@ -257,7 +252,6 @@ fn untrusted_peers_cannot_flood_the_log() {
 /// choose the ALPN chain), a plaintext client whose first write is shorter than 5 bytes waits
 /// for `listener_filters_timeout` (1 s in `envoy/sidecar-server.yaml`) before a chain is chosen;
 /// Envoy counts it in `listener.<stat_prefix>.downstream_pre_cx_timeout`. 5 bytes or more do not.
-#[test]
 fn short_first_write_waits_for_the_listener_filter_timeout() {
     use std::io::{Read, Write};
     let backend = echo_server();
@@ -292,7 +286,6 @@ fn short_first_write_waits_for_the_listener_filter_timeout() {
 /// A backend that greets and half-closes before the client spoke: the peer is not decided by
 /// that (only the connection's close decides it), so the client's frame that follows is still
 /// removed and the backend receives only the application's bytes.
-#[test]
 fn a_backend_half_close_does_not_stop_frame_stripping() {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpStream};
@@ -327,3 +320,13 @@ fn a_backend_half_close_does_not_stop_frame_stripping() {
     let line = &wait_for_lines(&mesh.server_access_log, 1, WAIT)[0];
     assert!(line.starts_with("peer_id=client-id not_found=- "), "{line}");
 }
+
+testkit::both_filters!(
+    detect_mode_passes_a_lookalike_frame_untouched,
+    expect_mode_does_not_answer_a_client_that_sent_no_frame,
+    client_gate_never_offers_only_istio_and_is_served_on_the_mtls_detect_chain,
+    mtls_template_offers_no_alpn_to_a_tls_mode_disabled_endpoint,
+    untrusted_peers_cannot_flood_the_log,
+    short_first_write_waits_for_the_listener_filter_timeout,
+    a_backend_half_close_does_not_stop_frame_stripping,
+);

@@ -11,7 +11,6 @@ use mesh::prometheus::Prometheus;
 use mesh::{request_reply, Mesh, MeshOptions};
 use support::prefix_server;
 
-#[test]
 fn prometheus_sees_both_reporters_with_both_workloads() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -57,3 +56,5 @@ fn prometheus_sees_both_reporters_with_both_workloads() {
         assert_eq!(reporters, ["destination", "source"], "{metric}");
     }
 }
+
+testkit::both_filters!(prometheus_sees_both_reporters_with_both_workloads,);

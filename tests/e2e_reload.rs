@@ -189,7 +189,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
 fn hot_restart_keeps_counts_only_for_series_the_child_reports() {
     let backend = echo_server();
     let dir = TempDir::new("reload-hot-restart");
@@ -312,3 +311,5 @@ fn hot_restart_keeps_counts_only_for_series_the_child_reports() {
     // Epoch 0 unlinks a stale region at start; remove ours so nothing is left in /dev/shm.
     let _ = fs::remove_file(format!("/dev/shm/envoy_shared_memory_{}", base_id * 10));
 }
+
+testkit::both_filters!(hot_restart_keeps_counts_only_for_series_the_child_reports,);

@@ -159,17 +159,14 @@ fn ten_hello_worlds(mtls: bool) {
     );
 }
 
-#[test]
 fn istio_tcp_metrics_plaintext_both_reporters() {
     ten_hello_worlds(false);
 }
 
-#[test]
 fn istio_tcp_metrics_mtls_both_reporters() {
     ten_hello_worlds(true);
 }
 
-#[test]
 fn promtool_accepts_the_output() {
     let backend = prefix_server(b"hello ");
     let mesh = Mesh::start("stats-promtool", backend.port(), &MeshOptions::default());
@@ -200,7 +197,6 @@ fn promtool_accepts_the_output() {
     }
 }
 
-#[test]
 fn long_lived_connection_reports_before_close() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -238,7 +234,6 @@ fn long_lived_connection_reports_before_close() {
     wait_series(mesh.server(), CLOSED, 1.0);
 }
 
-#[test]
 fn user_defined_metric_like_mixer() {
     // The Mixer-era MongoDB metric: istio_mongo_received_bytes with destination_version, source_service,
     // source_version, for traffic to the mongodb service.
@@ -267,7 +262,6 @@ fn user_defined_metric_like_mixer() {
     }
 }
 
-#[test]
 fn cardinality_cap_folds_extra_series() {
     // One series per metric allowed: the mesh client's connection is admitted; a plain client
     // straight to the server sidecar (unknown source) folds into the overflow series.
@@ -306,7 +300,6 @@ fn cardinality_cap_folds_extra_series() {
     );
 }
 
-#[test]
 fn reporting_duration_below_a_second_is_refused() {
     let backend = prefix_server(b"hello ");
     let opts = MeshOptions {
@@ -326,3 +319,13 @@ fn reporting_duration_below_a_second_is_refused() {
         "names the field: {msg}"
     );
 }
+
+testkit::both_filters!(
+    istio_tcp_metrics_plaintext_both_reporters,
+    istio_tcp_metrics_mtls_both_reporters,
+    promtool_accepts_the_output,
+    long_lived_connection_reports_before_close,
+    user_defined_metric_like_mixer,
+    cardinality_cap_folds_extra_series,
+    reporting_duration_below_a_second_is_refused,
+);

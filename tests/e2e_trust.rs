@@ -93,7 +93,6 @@ fn extra_client_sidecar(name: &str, mesh: &Mesh, metadata: &str) -> (Envoy, Temp
     (Envoy::start(name, &yaml, 1), dir)
 }
 
-#[test]
 fn mtls_only_believes_mutual_tls_and_namespaces_come_from_the_certificate() {
     let backend = echo_server();
     let opts = MeshOptions {
@@ -172,7 +171,6 @@ fn mtls_only_believes_mutual_tls_and_namespaces_come_from_the_certificate() {
     );
 }
 
-#[test]
 fn label_values_from_the_network_cannot_forge_labels() {
     let backend = echo_server();
     let mesh = Mesh::start("trust-sanitize", backend.port(), &MeshOptions::default());
@@ -204,3 +202,8 @@ fn label_values_from_the_network_cannot_forge_labels() {
         assert!(sample.labels.values().all(|v| v != "forged"), "{sample:?}");
     }
 }
+
+testkit::both_filters!(
+    mtls_only_believes_mutual_tls_and_namespaces_come_from_the_certificate,
+    label_values_from_the_network_cannot_forge_labels,
+);

@@ -41,7 +41,9 @@ fn sample_params(dir: &TempDir, certs: &MtlsCerts) -> Vec<(&'static str, String)
     ]
 }
 
-/// Renders `template` with the sample values it uses and validates it with Envoy.
+/// Renders `template` with the sample values it uses and validates it with Envoy: as shipped
+/// (the combined filter), and for a sidecar also with the two separate filters. The shipped
+/// rendering is returned.
 fn check(template: &str) -> String {
     let dir = TempDir::new(&format!("template-{template}"));
     let certs = make_mtls_certs(&dir.path().join("certs"));
@@ -54,7 +56,40 @@ fn check(template: &str) -> String {
     if let Err(e) = validate_config(template, &yaml) {
         panic!("{template} is not a valid Envoy config:\n{e}\n--- rendered ---\n{yaml}");
     }
+    if text.contains("istio_tcp_telemetry") {
+        let separate = Filters::Separate.apply(&text);
+        let separate = render_text(template, &separate, &params, Unused::Refused);
+        if let Err(e) = validate_config(&format!("{template}-separate"), &separate) {
+            panic!("{template} with separate filters is not valid:\n{e}\n---\n{separate}");
+        }
+    }
     yaml
+}
+
+/// Every shipped sidecar runs the combined filter, once per filter chain.
+#[test]
+fn sidecars_ship_the_combined_filter() {
+    for (template, chains) in [
+        ("sidecar-client.yaml", 1),
+        ("sidecar-client-mtls.yaml", 1),
+        ("sidecar-server.yaml", 3),
+    ] {
+        let text = std::fs::read_to_string(manifest_dir().join("envoy").join(template)).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        assert_eq!(
+            text.matches("root_id: istio_tcp_telemetry").count(),
+            chains,
+            "{template}"
+        );
+        assert!(!text.contains("root_id: istio_tcp_stats"), "{template}");
+        assert!(
+            !text.contains("root_id: istio_metadata_exchange"),
+            "{template}"
+        );
+    }
 }
 
 #[test]
@@ -151,15 +186,19 @@ fn sidecar_server_is_valid() {
     assert!(plain.contains("stat_prefix: inbound_plaintext\n"));
 }
 
-/// The exchange filter must sit on the network side of the stats filter in both sidecars.
+/// With the separate filters, the exchange filter sits on the network side of the stats filter
+/// in both sidecars.
 #[test]
 fn filter_order_keeps_exchange_frames_away_from_stats() {
     let pos = |yaml: &str, what: &str| yaml.find(what).unwrap_or(usize::MAX);
-    let client = std::fs::read_to_string(manifest_dir().join("envoy/sidecar-client.yaml")).unwrap();
+    let read = |t: &str| {
+        Filters::Separate.apply(&std::fs::read_to_string(manifest_dir().join(t)).unwrap())
+    };
+    let client = read("envoy/sidecar-client.yaml");
     assert!(
         pos(&client, "root_id: istio_tcp_stats") < pos(&client, "root_id: istio_metadata_exchange")
     );
-    let server = std::fs::read_to_string(manifest_dir().join("envoy/sidecar-server.yaml")).unwrap();
+    let server = read("envoy/sidecar-server.yaml");
     let filter_chains = server.split("filter_chains:").nth(1).unwrap();
     let chains: Vec<&str> = filter_chains.split("\n    - name: ").skip(1).collect();
     assert_eq!(chains.len(), 3, "mx-mtls, mtls-detect, plaintext-detect");

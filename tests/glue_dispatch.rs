@@ -3,7 +3,7 @@
 //! `istio_manifests.rs`).
 
 use istio_tcp_telemetry::host::LogLevel;
-use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 use testkit::fake_envoy::{Direction, FakeEnvoy};
 
 fn envoy() -> FakeEnvoy {
@@ -34,6 +34,38 @@ fn each_root_id_becomes_its_filter() {
     assert_eq!(e.take_delivered(c, Direction::Downstream), b"abc");
     assert_eq!(e.logged(LogLevel::Info, "metadata exchange configured"), 1);
     assert_eq!(e.logged(LogLevel::Info, "tcp stats configured"), 1);
+}
+
+#[test]
+fn the_combined_root_is_both_filters_in_one_context() {
+    let mut e = envoy();
+    let l = e
+        .add_listener(&[(
+            TELEMETRY_ROOT_ID,
+            r#"{"exchange": {"side": "client", "stat_prefix": "mx"},
+                "stats": {"tcp_reporting_duration": "2s"}}"#,
+        )])
+        .unwrap();
+    assert_eq!(
+        e.tick_periods(),
+        vec![Some(std::time::Duration::from_secs(2))]
+    );
+    assert!(e.counter("envoy_mx.metadata_added").is_some());
+    assert!(e.counter("istio_tcp_stats_series_folded_total").is_some());
+    let c = e.connect(l, &[]);
+    e.downstream(c, b"abc", false);
+    assert_eq!(e.take_delivered(c, Direction::Downstream), b"abc");
+    e.close(c);
+    let opened = e.series("istio_tcp_connections_opened_total");
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].0["reporter"], "source", "reporter from the side");
+    assert_eq!(e.series("istio_tcp_received_bytes_total")[0].1, 3);
+    let callbacks = e.calls();
+    assert_eq!(
+        callbacks[&("on_context_create", "callback".to_string())],
+        1,
+        "one context per connection"
+    );
 }
 
 #[test]
@@ -68,6 +100,27 @@ fn bad_configurations_are_refused_naming_the_field() {
             "metrics",
         ),
         (STATS_ROOT_ID, "not json", "configuration: expected"),
+        (TELEMETRY_ROOT_ID, "{}", "exchange: missing"),
+        (
+            TELEMETRY_ROOT_ID,
+            r#"{"exchange": {"side": "middle"}}"#,
+            "exchange.side: ",
+        ),
+        (
+            TELEMETRY_ROOT_ID,
+            r#"{"exchange": {"side": "client"}, "stats": {"metrics": [{"name": "nope"}]}}"#,
+            "stats.metrics",
+        ),
+        (
+            TELEMETRY_ROOT_ID,
+            r#"{"exchange": {"side": "client"}, "stats": {"reporter": "destination"}}"#,
+            "stats.reporter: ",
+        ),
+        (
+            TELEMETRY_ROOT_ID,
+            r#"{"exchange": {"side": "client"}, "stat": {}}"#,
+            "unknown field `stat`",
+        ),
     ] {
         let mut e = envoy();
         let err = e.add_listener(&[(root, config)]).unwrap_err();

@@ -35,7 +35,12 @@ fn request_response(mesh: &mut Mesh) -> Link {
 
 #[test]
 fn client_first_both_sides_learn_and_no_application_byte_changes() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    client_first_both_sides_learn_and_no_application_byte_changes_in(false);
+    client_first_both_sides_learn_and_no_application_byte_changes_in(true);
+}
+
+fn client_first_both_sides_learn_and_no_application_byte_changes_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     let mut link = request_response(&mut mesh);
     assert_eq!(
         link.backend_received, b"world\n",
@@ -78,7 +83,12 @@ fn client_first_both_sides_learn_and_no_application_byte_changes() {
 
 #[test]
 fn server_first_protocol_in_expect_mode() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    server_first_protocol_in_expect_mode_in(false);
+    server_first_protocol_in_expect_mode_in(true);
+}
+
+fn server_first_protocol_in_expect_mode_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     let mut link = mesh.connect();
     // The backend greets first: the server's frame rides on the greeting.
     mesh.backend_sends(&mut link, b"220 ready\r\n", false);
@@ -129,8 +139,14 @@ fn a_frame_in_one_byte_pieces_is_held_then_stripped() {
 
 #[test]
 fn gate_closed_for_a_non_mesh_endpoint() {
+    gate_closed_for_a_non_mesh_endpoint_in(false);
+    gate_closed_for_a_non_mesh_endpoint_in(true);
+}
+
+fn gate_closed_for_a_non_mesh_endpoint_in(combined: bool) {
     // A non-mesh endpoint: the server side has no exchange filter.
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .mesh_endpoint(false)
         .server_exchange(None)
         .build()
@@ -177,7 +193,13 @@ fn expect_mode_without_a_frame_counts_logs_and_passes_bytes() {
 
 #[test]
 fn detect_mode_leaves_a_plaintext_client_alone() {
+    detect_mode_leaves_a_plaintext_client_alone_in(false);
+    detect_mode_leaves_a_plaintext_client_alone_in(true);
+}
+
+fn detect_mode_leaves_a_plaintext_client_alone_in(combined: bool) {
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .client_exchange(None)
         .server_exchange(Some(r#"{"side": "server", "server_mode": "detect"}"#))
         .mtls(false)
@@ -248,7 +270,13 @@ fn too_large_and_malformed_frames() {
 
 #[test]
 fn mtls_only_ignores_a_plaintext_peer() {
+    mtls_only_ignores_a_plaintext_peer_in(false);
+    mtls_only_ignores_a_plaintext_peer_in(true);
+}
+
+fn mtls_only_ignores_a_plaintext_peer_in(combined: bool) {
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .server_exchange(Some(r#"{"side": "server", "trust": "mtls_only"}"#))
         .mtls(false)
         .build()
@@ -266,6 +294,7 @@ fn mtls_only_ignores_a_plaintext_peer() {
     assert_eq!(mesh.server.logged(LogLevel::Warn, "mtls_only"), 1);
     // Over mutual TLS the same peer is accepted.
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .server_exchange(Some(r#"{"side": "server", "trust": "mtls_only"}"#))
         .build()
         .unwrap();
@@ -333,7 +362,12 @@ fn a_connection_closed_before_any_decision_is_peer_not_found() {
 
 #[test]
 fn the_peer_key_is_declared_a_typed_struct() {
-    let mesh = MeshBuilder::new().build().unwrap();
+    the_peer_key_is_declared_a_typed_struct_in(false);
+    the_peer_key_is_declared_a_typed_struct_in(true);
+}
+
+fn the_peer_key_is_declared_a_typed_struct_in(combined: bool) {
+    let mesh = MeshBuilder::new().combined(combined).build().unwrap();
     let schema = STRUCT_TYPE_URL.as_bytes().to_vec();
     assert_eq!(
         mesh.server.declared(peer::DOWNSTREAM_PEER),
@@ -345,8 +379,17 @@ fn the_peer_key_is_declared_a_typed_struct() {
 
 #[test]
 fn client_gate_istio_mtls_follows_the_upstream_connection() {
+    client_gate_istio_mtls_follows_the_upstream_connection_in(false);
+    client_gate_istio_mtls_follows_the_upstream_connection_in(true);
+}
+
+fn client_gate_istio_mtls_follows_the_upstream_connection_in(combined: bool) {
     let gate = Some(r#"{"side": "client", "client_gate": "istio_mtls"}"#);
-    let mut mesh = MeshBuilder::new().client_exchange(gate).build().unwrap();
+    let mut mesh = MeshBuilder::new()
+        .combined(combined)
+        .client_exchange(gate)
+        .build()
+        .unwrap();
     let link = request_response(&mut mesh);
     assert_eq!(
         counter(&mesh.client, "metadata_added"),
@@ -356,6 +399,7 @@ fn client_gate_istio_mtls_follows_the_upstream_connection() {
     assert_eq!(link.app_received, b"hello world\n");
     // A mesh-labelled endpoint reached over plaintext gets nothing.
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .client_exchange(gate)
         .server_exchange(None)
         .mtls(false)

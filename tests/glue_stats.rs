@@ -68,7 +68,12 @@ fn exchange(mesh: &mut Mesh) -> Link {
 
 #[test]
 fn istios_tcp_metrics_task_ten_connections_both_reporters() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    istios_tcp_metrics_task_ten_connections_both_reporters_in(false);
+    istios_tcp_metrics_task_ten_connections_both_reporters_in(true);
+}
+
+fn istios_tcp_metrics_task_ten_connections_both_reporters_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     for _ in 0..10 {
         let mut link = exchange(&mut mesh);
         mesh.close(&mut link);
@@ -84,7 +89,12 @@ fn istios_tcp_metrics_task_ten_connections_both_reporters() {
 
 #[test]
 fn opened_when_the_peer_is_known_bytes_on_ticks_and_at_close() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    opened_when_the_peer_is_known_bytes_on_ticks_and_at_close_in(false);
+    opened_when_the_peer_is_known_bytes_on_ticks_and_at_close_in(true);
+}
+
+fn opened_when_the_peer_is_known_bytes_on_ticks_and_at_close_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     assert!(mesh
         .server
         .tick_periods()
@@ -130,7 +140,13 @@ fn opened_when_the_peer_is_known_bytes_on_ticks_and_at_close() {
 
 #[test]
 fn stats_without_the_exchange_labels_the_client_from_the_endpoint() {
+    stats_without_the_exchange_labels_the_client_from_the_endpoint_in(false);
+    stats_without_the_exchange_labels_the_client_from_the_endpoint_in(true);
+}
+
+fn stats_without_the_exchange_labels_the_client_from_the_endpoint_in(combined: bool) {
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .client_exchange(None)
         .server_exchange(None)
         .build()
@@ -157,6 +173,11 @@ fn stats_without_the_exchange_labels_the_client_from_the_endpoint() {
 
 #[test]
 fn the_mixer_era_mongodb_metric() {
+    the_mixer_era_mongodb_metric_in(false);
+    the_mixer_era_mongodb_metric_in(true);
+}
+
+fn the_mixer_era_mongodb_metric_in(combined: bool) {
     let definition = r#"{"definitions": [{"name": "istio_mongo_received_bytes",
         "value": "bytes_received",
         "dimensions": {"destination_version": "destination_version",
@@ -164,6 +185,7 @@ fn the_mixer_era_mongodb_metric() {
                        "source_version": "source_version"},
         "match": {"destination_service_name": "mongodb"}}]}"#;
     let mut mesh = MeshBuilder::new()
+        .combined(combined)
         .server_stats(Some(definition))
         .build()
         .unwrap();
@@ -224,7 +246,12 @@ fn series_over_the_cap_fold_and_are_counted() {
 
 #[test]
 fn repeat_peers_hit_the_series_cache_with_the_same_counts() {
-    let mut mesh = MeshBuilder::new().build().unwrap();
+    repeat_peers_hit_the_series_cache_with_the_same_counts_in(false);
+    repeat_peers_hit_the_series_cache_with_the_same_counts_in(true);
+}
+
+fn repeat_peers_hit_the_series_cache_with_the_same_counts_in(combined: bool) {
+    let mut mesh = MeshBuilder::new().combined(combined).build().unwrap();
     for _ in 0..3 {
         let mut link = exchange(&mut mesh);
         mesh.close(&mut link);

@@ -1,6 +1,7 @@
-//! `make bench`: what the two Wasm filters cost, side by side against plain Envoy, in one run.
+//! `make bench`: what our Wasm filters cost, side by side against plain Envoy and against a Wasm
+//! filter that does nothing, in one run.
 //!
-//! Two copies of the same topology run at once on loopback, each with the same Envoy binary and
+//! Copies of the same topology run at once on loopback, each with the same Envoy binary and
 //! `--concurrency 2`:
 //!
 //! ```text
@@ -9,12 +10,17 @@
 //! - **A**: `envoy/sidecar-client.yaml` and `envoy/sidecar-server.yaml` with every
 //!   `envoy.filters.network.wasm` entry removed at render time (tcp_proxy only, same listeners,
 //!   tls_inspector, access logs, clusters and stats_tags);
-//! - **B**: the same templates as shipped: `istio_tcp_stats` + `istio_metadata_exchange` on both
-//!   sidecars (plaintext; the server's plaintext chain in detect mode, as the tests' mesh).
+//! - **F**: the floor: the same templates with the do-nothing proxy-wasm filter
+//!   (`benches/noop_filter`) where ours is (one filter per chain, same runtime);
+//! - **B**: the same templates as shipped: `istio_tcp_telemetry` (exchange + stats in one
+//!   context) on both sidecars (plaintext; the server's plaintext chain in detect mode, as the
+//!   tests' mesh);
+//! - **S**: the two separate filters (`istio_tcp_stats` + `istio_metadata_exchange`), measured
+//!   once, on the short-connection workload and idle.
 //!
-//! Every measurement runs A then B, several pairs per workload, and reports medians, the
-//! min–max spread and the B/A ratio of each pair (interleaving is what keeps ratios fair on a
-//! noisy machine). Workloads: bulk throughput (1 and 4 streams, both directions), short
+//! Every measurement runs A, F, B (and S) in turn, several rounds per workload, and reports
+//! medians, the min–max spread and the B/A and B/F ratios of each round (interleaving is what
+//! keeps ratios fair on a noisy machine). Workloads: bulk throughput (1 and 4 streams, both directions), short
 //! connections (connect, 64 B request/response, close), 64 B request/response on persistent
 //! connections (requests/s, p50/p99), memory per live exchanged connection (1k, 5k, 10k held
 //! open), and the module's size and idle memory. The table goes to the terminal and to
@@ -78,7 +84,7 @@ mod sys {
     }
 }
 
-/// A workload: measures A and B in pairs and adds its rows.
+/// A workload: measures A, F and B in rounds and adds its rows.
 type Workload = fn(&Ctx, &mut Vec<Row>);
 
 /// What every workload needs.
@@ -86,8 +92,10 @@ pub struct Ctx<'a> {
     pub start: Instant,
     pub pairs: usize,
     pub secs: Duration,
-    /// A then B.
-    pub both: [&'a Sidecars; 2],
+    /// A, F, B: measured in this order in every round.
+    pub variants: [&'a Sidecars; 3],
+    /// S: the separate roots, measured after B where a workload says so.
+    pub separate: &'a Sidecars,
     pub backend: &'a BackendProcess,
     pub hard_limit: u64,
     /// Connections one topology can hold within the file-descriptor limit.
@@ -95,6 +103,8 @@ pub struct Ctx<'a> {
     /// `BENCH_CONNS`.
     pub levels: Vec<usize>,
     pub module_size: u64,
+    /// The do-nothing module's size.
+    pub noop_size: u64,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -133,6 +143,7 @@ fn main() {
         std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "cargo bench --bench tcp_bench".into());
     let module = wasm_module();
     let module_size = fs::metadata(&module).map_or(0, |m| m.len());
+    let noop_size = fs::metadata(sidecars::noop_module()).map_or(0, |m| m.len());
     let load_before = loadavg();
 
     progress!(start, "tcp_bench: {pairs} pairs per workload, {secs:?} windows; module {} ({} bytes); load {load_before}", module.display(), module_size);
@@ -144,22 +155,36 @@ fn main() {
         "A (tcp_proxy only) ready: client :{}",
         a.client_port()
     );
+    let f = Sidecars::start(Variant::F, backend.port);
+    progress!(
+        start,
+        "F (do-nothing Wasm filter) ready: client :{}",
+        f.client_port()
+    );
     let b = Sidecars::start(Variant::B, backend.port);
     progress!(
         start,
-        "B (exchange + stats) ready: client :{}",
+        "B (istio_tcp_telemetry) ready: client :{}",
         b.client_port()
+    );
+    let sep = Sidecars::start(Variant::S, backend.port);
+    progress!(
+        start,
+        "S (istio_metadata_exchange + istio_tcp_stats) ready: client :{}",
+        sep.client_port()
     );
     let ctx = Ctx {
         start,
         pairs,
         secs,
-        both: [&a, &b],
+        variants: [&a, &f, &b],
+        separate: &sep,
         backend: &backend,
         hard_limit,
         max_conns,
         levels,
         module_size,
+        noop_size,
     };
 
     let mut rows: Vec<Row> = Vec::new();
@@ -186,11 +211,15 @@ fn main() {
         .client()
         .counter("wasmcustom.envoy_metadata_exchange.metadata_added")
         .unwrap_or(0);
-    let a_stats = a.server().stats();
-    assert!(
-        !a_stats.contains("wasmcustom.envoy_metadata_exchange"),
-        "variant A must not run the exchange"
-    );
+    for floor in [&a, &f] {
+        assert!(
+            !floor
+                .server()
+                .stats()
+                .contains("wasmcustom.envoy_metadata_exchange"),
+            "variants A and F must not run the exchange"
+        );
+    }
     progress!(
         start,
         "B sanity: server saw {found} exchange frames, client sent {added}"
@@ -220,7 +249,7 @@ fn main() {
         section,
         "- Load average (1/5/15 min) before: {load_before}; after: {load_after}"
     );
-    let _ = writeln!(section, "- Same backend (a separate process) for both; A and B run side by side, each measurement A then B. Medians, (min–max) over the pairs; `B/A per pair` is the median of the pairs' ratios.\n");
+    let _ = writeln!(section, "- Same backend (a separate process) for all; A, F, B (and S) run side by side, each round A, F, B, S in turn. Medians, (min–max) over the rounds; `B/A per pair` and `B/F per pair` are the medians of each round's ratios.\n");
     section.push_str(&table);
     section.push('\n');
     println!("\n{section}");

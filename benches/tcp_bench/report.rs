@@ -1,5 +1,5 @@
-//! The results: rows of (A, B) pairs with a target each, the markdown table, the machine,
-//! and progress lines.
+//! The results: rows of A/F/B (and S) measurements with their targets, the markdown table, the
+//! machine, and progress lines.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -47,27 +47,53 @@ pub fn min_max(v: &[f64]) -> (f64, f64) {
         })
 }
 
+/// What B is compared with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    A,
+    F,
+}
+
+impl Base {
+    fn name(self) -> &'static str {
+        match self {
+            Base::A => "A",
+            Base::F => "F",
+        }
+    }
+}
+
+/// One target of a row, on the medians of the pairs (ratios) or of the values (deltas).
 #[derive(Clone, Copy)]
-pub enum Target {
-    /// B/A at least this (higher is better).
-    RatioAtLeast(f64),
-    /// B/A at most this (lower is better).
-    RatioAtMost(f64),
-    /// B−A at most this.
-    DeltaAtMost(f64),
+pub enum Goal {
+    /// B/base at least this (higher is better).
+    RatioAtLeast(Base, f64),
+    /// B/base at most this (lower is better).
+    RatioAtMost(Base, f64),
+    /// B−base at most this.
+    DeltaAtMost(Base, f64),
     /// B at most this.
     ValueAtMost(f64),
-    /// No target; show B−A rather than B/A.
+}
+
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// Every goal must hold.
+    Goals(&'static [Goal]),
+    /// No target; show B−A and B−F rather than ratios.
     Delta,
     None,
 }
 
-/// One row of the table: pairs of (A, B) measurements.
+/// One row of the table: the measurements of each variant, pair by pair (A, F, B always; S,
+/// the two separate roots, on the rows that measure it).
 pub struct Row {
     pub figure: String,
     pub unit: &'static str,
     pub a: Vec<f64>,
+    pub f: Vec<f64>,
     pub b: Vec<f64>,
+    pub s: Vec<f64>,
     pub target: Target,
     pub note: String,
 }
@@ -78,42 +104,84 @@ impl Row {
             figure: figure.into(),
             unit,
             a: Vec::new(),
+            f: Vec::new(),
             b: Vec::new(),
+            s: Vec::new(),
             target,
             note: String::new(),
         }
     }
 
-    pub fn ratios(&self) -> Vec<f64> {
-        self.a.iter().zip(&self.b).map(|(a, b)| b / a).collect()
-    }
-
-    pub fn holds(&self) -> Option<bool> {
-        let r = median(&self.ratios());
-        let d = median(&self.b) - median(&self.a);
-        match self.target {
-            Target::RatioAtLeast(t) => Some(r >= t),
-            Target::RatioAtMost(t) => Some(r <= t),
-            Target::DeltaAtMost(t) => Some(d <= t),
-            Target::ValueAtMost(t) => Some(median(&self.b) <= t),
-            Target::Delta | Target::None => None,
+    fn base(&self, base: Base) -> &[f64] {
+        match base {
+            Base::A => &self.a,
+            Base::F => &self.f,
         }
     }
 
+    /// The pairs' ratios of `of` (B or S values) over the base.
+    pub fn ratios_of(&self, of: &[f64], base: Base) -> Vec<f64> {
+        self.base(base).iter().zip(of).map(|(x, y)| y / x).collect()
+    }
+
+    pub fn holds(&self) -> Option<bool> {
+        let Target::Goals(goals) = self.target else {
+            return None;
+        };
+        Some(goals.iter().all(|g| match *g {
+            Goal::RatioAtLeast(base, t) => median(&self.ratios_of(&self.b, base)) >= t,
+            Goal::RatioAtMost(base, t) => median(&self.ratios_of(&self.b, base)) <= t,
+            Goal::DeltaAtMost(base, t) => median(&self.b) - median(self.base(base)) <= t,
+            Goal::ValueAtMost(t) => median(&self.b) <= t,
+        }))
+    }
+
     pub fn target_text(&self) -> String {
-        let verdict = match self.holds() {
-            Some(true) => " ✅",
-            Some(false) => " ❌",
-            None => "",
+        let Target::Goals(goals) = self.target else {
+            return "—".to_string();
         };
-        let t = match self.target {
-            Target::RatioAtLeast(t) => format!("B/A ≥ {t:.2}"),
-            Target::RatioAtMost(t) => format!("B/A ≤ {t:.2}"),
-            Target::DeltaAtMost(t) => format!("B−A ≤ {}", num(t)),
-            Target::ValueAtMost(t) => format!("≤ {}", num(t)),
-            Target::Delta | Target::None => "—".to_string(),
-        };
-        format!("{t}{verdict}")
+        let each: Vec<String> = goals
+            .iter()
+            .map(|g| {
+                let (text, ok) = match *g {
+                    Goal::RatioAtLeast(base, t) => (
+                        format!("B/{} ≥ {t:.2}", base.name()),
+                        median(&self.ratios_of(&self.b, base)) >= t,
+                    ),
+                    Goal::RatioAtMost(base, t) => (
+                        format!("B/{} ≤ {t:.2}", base.name()),
+                        median(&self.ratios_of(&self.b, base)) <= t,
+                    ),
+                    Goal::DeltaAtMost(base, t) => (
+                        format!("B−{} ≤ {}", base.name(), num(t)),
+                        median(&self.b) - median(self.base(base)) <= t,
+                    ),
+                    Goal::ValueAtMost(t) => (format!("≤ {}", num(t)), median(&self.b) <= t),
+                };
+                format!("{text} {}", if ok { "✅" } else { "❌" })
+            })
+            .collect();
+        each.join(", ")
+    }
+
+    /// The B/A and B/F cells (`of`: the values of `who`, B or S).
+    fn comparison_cells(&self, who: &str, of: &[f64]) -> [String; 2] {
+        let delta = matches!(self.target, Target::Delta)
+            || matches!(self.target, Target::Goals(g) if g.iter().any(|g| matches!(g, Goal::DeltaAtMost(..))));
+        let value_only = matches!(self.target, Target::Goals(g) if g.iter().all(|g| matches!(g, Goal::ValueAtMost(_))));
+        [Base::A, Base::F].map(|base| {
+            if value_only {
+                "—".to_string()
+            } else if delta {
+                format!(
+                    "{who}−{} = {}",
+                    base.name(),
+                    num(median(of) - median(self.base(base)))
+                )
+            } else {
+                ratio_spread(&self.ratios_of(of, base))
+            }
+        })
     }
 }
 
@@ -165,32 +233,39 @@ pub fn ratio_spread(v: &[f64]) -> String {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| figure | unit | A: tcp_proxy only | B: + exchange + stats | B/A per pair | target |\n",
+        "| figure | unit | A: tcp_proxy only | F: do-nothing Wasm filter | B: istio_tcp_telemetry | B/A per pair | B/F per pair | target |\n",
     );
-    out.push_str("|---|---|---:|---:|---:|---|\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
-        let ratio = match r.target {
-            Target::ValueAtMost(_) => "—".to_string(),
-            Target::DeltaAtMost(_) | Target::Delta => {
-                format!("B−A = {}", num(median(&r.b) - median(&r.a)))
-            }
-            _ => ratio_spread(&r.ratios()),
-        };
         let figure = if r.note.is_empty() {
             r.figure.clone()
         } else {
             format!("{} ({})", r.figure, r.note)
         };
+        let [vs_a, vs_f] = r.comparison_cells("B", &r.b);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             figure,
             r.unit,
             spread(&r.a),
+            spread(&r.f),
             spread(&r.b),
-            ratio,
+            vs_a,
+            vs_f,
             r.target_text()
         );
+        if !r.s.is_empty() {
+            let [vs_a, vs_f] = r.comparison_cells("S", &r.s);
+            let _ = writeln!(
+                out,
+                "| ↳ the same with the two separate roots (S: `istio_metadata_exchange` + `istio_tcp_stats`) in B's place | {} | | | {} | {} | {} | — |",
+                r.unit,
+                spread(&r.s),
+                vs_a,
+                vs_f,
+            );
+        }
     }
     out
 }
@@ -267,11 +342,23 @@ pub fn write_markdown(path: &Path, section: &str) {
 }
 
 impl Row {
-    /// Adds one measurement to the A or B side.
+    /// Adds one measurement of a variant.
     pub fn push(&mut self, variant: Variant, value: f64) {
         match variant {
             Variant::A => self.a.push(value),
+            Variant::F => self.f.push(value),
             Variant::B => self.b.push(value),
+            Variant::S => self.s.push(value),
         }
+    }
+
+    /// "A x F y B z" of pair `i`, for progress lines.
+    pub fn pair(&self, i: usize) -> String {
+        let at = |v: &[f64]| v.get(i).map_or("-".to_string(), |x| num(*x));
+        let mut text = format!("A {} F {} B {}", at(&self.a), at(&self.f), at(&self.b));
+        if !self.s.is_empty() {
+            text.push_str(&format!(" S {}", at(&self.s)));
+        }
+        text
     }
 }

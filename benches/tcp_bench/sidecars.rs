@@ -1,20 +1,55 @@
-//! The two topologies, side by side: the test kit's mesh (client sidecar → server sidecar →
+//! The topologies, side by side: the test kit's mesh (client sidecar → server sidecar →
 //! backend, from the shipped templates, `--concurrency 2`), with circuit breakers lifted for
-//! both and, for A, every Wasm filter removed; plus what the bench reads from a running Envoy.
+//! all; A without any Wasm filter, F with the do-nothing filter in the same chain position as
+//! ours, B as shipped (the combined filter), S with the two separate filters; plus what the
+//! bench reads from a running Envoy.
 
 use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use testkit::envoy::Envoy;
-use testkit::mesh::{Mesh, MeshOptions};
+use testkit::files::wasm_module;
+use testkit::mesh::{Filters, Mesh, MeshOptions};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Variant {
     /// tcp_proxy only.
     A,
-    /// exchange + stats on both sidecars.
+    /// The floor: a proxy-wasm filter that does nothing (`benches/noop_filter`), where B has
+    /// ours.
+    F,
+    /// As shipped: `istio_tcp_telemetry` (exchange + stats in one context) on both sidecars.
     B,
+    /// The two separate filters (`istio_metadata_exchange` + `istio_tcp_stats`) on both.
+    S,
+}
+
+impl Variant {
+    /// Wasm filters in both sidecars' chains (client 1 chain, server 2 chains).
+    fn wasm_filters(self) -> usize {
+        match self {
+            Variant::A => 0,
+            Variant::F | Variant::B => 3,
+            Variant::S => 6,
+        }
+    }
+}
+
+/// The do-nothing module (`make bench` builds it next to ours; `NOOP_MODULE` overrides).
+pub fn noop_module() -> PathBuf {
+    let path = std::env::var_os("NOOP_MODULE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| wasm_module().with_file_name("noop_filter.wasm"));
+    assert!(
+        path.is_file(),
+        "do-nothing module not found at {}: run `make bench` (it builds benches/noop_filter)",
+        path.display()
+    );
+    path
 }
 
 /// Removes every list item whose block holds an `envoy.filters.network.wasm` filter (the wasm
@@ -87,6 +122,21 @@ fn edit_a(template: &str) -> String {
     strip_wasm_filters(&edit_b(template))
 }
 
+/// Variant F's edit: circuit breakers lifted, each of our filter entries loads the do-nothing
+/// module instead (its own VM; the configuration is ignored).
+fn edit_f(template: &str) -> String {
+    let noop = noop_module().display().to_string();
+    let text = edit_b(template)
+        .replace("root_id: istio_tcp_telemetry", "root_id: noop")
+        .replace("vm_id: istio_tcp_telemetry", "vm_id: noop")
+        .replace("{{WASM_PATH}}", &noop);
+    assert!(
+        !text.contains("istio_tcp_telemetry\n"),
+        "F must not load our module"
+    );
+    text
+}
+
 /// Variant B's edit: circuit breakers lifted (the filters as shipped).
 fn edit_b(template: &str) -> String {
     let text = lift_circuit_breakers(template);
@@ -112,17 +162,23 @@ impl Sidecars {
             log_level: Some("warning"),
             template_edit: Some(match variant {
                 Variant::A => edit_a,
-                Variant::B => edit_b,
+                Variant::F => edit_f,
+                Variant::B | Variant::S => edit_b,
             }),
+            filters: match variant {
+                Variant::S => Filters::Separate,
+                _ => Filters::Combined,
+            },
             ..MeshOptions::default()
         };
         let mesh = Mesh::start(&name, backend_port, &opts);
         let wasm_filters = mesh.client_config.matches("wasm.v3.Wasm").count()
             + mesh.server_config.matches("wasm.v3.Wasm").count();
-        match variant {
-            Variant::A => assert_eq!(wasm_filters, 0, "variant A must have no Wasm filter"),
-            Variant::B => assert_eq!(wasm_filters, 6, "variant B: 2 client + 4 server filters"),
-        }
+        assert_eq!(
+            wasm_filters,
+            variant.wasm_filters(),
+            "{variant:?}: Wasm filters"
+        );
         Sidecars { variant, mesh }
     }
 
@@ -155,14 +211,6 @@ impl Sidecars {
                 return;
             }
             thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Picks the A or B side of a pair of values.
-    pub fn pick<'a, T>(&self, a: &'a mut T, b: &'a mut T) -> &'a mut T {
-        match self.variant {
-            Variant::A => a,
-            Variant::B => b,
         }
     }
 }

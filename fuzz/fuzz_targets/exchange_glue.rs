@@ -1,7 +1,8 @@
 //! The shipped glue (`filters::Dispatch` for both filters) in the fake Envoy of `testkit`, on
 //! one sidecar whose chain holds the stats filter and the exchange filter in their real order
-//! (client: stats → exchange; server: exchange → stats), driven by an arbitrary sequence of
-//! connection events in both directions.
+//! (client: stats → exchange; server: exchange → stats), or the combined filter
+//! `istio_tcp_telemetry` alone (bit 7 of the cap byte), driven by an arbitrary sequence of
+//! connection events in both directions. The invariants are the same for both.
 //!
 //! Input: `[role, cap, frame choice, events…]`. Events: an incoming chunk of arbitrary bytes,
 //! the next piece of a real frame (so fragmented valid frames are reached), a whole frame plus
@@ -31,7 +32,7 @@ use common::Bytes;
 use istio_tcp_telemetry::logic::exchange::config::{ClientGate, Role};
 use istio_tcp_telemetry::logic::exchange::frame::{encode_frame, HEADER_LEN, MAGIC_BYTES};
 use istio_tcp_telemetry::logic::workload::WorkloadMetadata;
-use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use prost_types::Any;
@@ -110,13 +111,16 @@ struct Flow {
 }
 
 impl Sidecar {
-    fn new(role: Role, cap: u32) -> Self {
+    fn new(role: Role, cap: u32, combined: bool) -> Self {
         let client = matches!(role, Role::Client(_));
         let exchange = exchange_config(role, cap);
-        let chain = if client {
-            [(STATS_ROOT_ID, "{}"), (EXCHANGE_ROOT_ID, exchange.as_str())]
+        let telemetry = format!(r#"{{"exchange": {exchange}, "stats": {{}}}}"#);
+        let chain: Vec<(&str, &str)> = if combined {
+            vec![(TELEMETRY_ROOT_ID, telemetry.as_str())]
+        } else if client {
+            vec![(STATS_ROOT_ID, "{}"), (EXCHANGE_ROOT_ID, exchange.as_str())]
         } else {
-            [(EXCHANGE_ROOT_ID, exchange.as_str()), (STATS_ROOT_ID, "{}")]
+            vec![(EXCHANGE_ROOT_ID, exchange.as_str()), (STATS_ROOT_ID, "{}")]
         };
         let mut envoy = FakeEnvoy::new(NODE_ID, None);
         let listener = envoy.add_listener(&chain).expect("valid configs");
@@ -247,13 +251,15 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Bytes { data };
     let role_byte = input.u8();
     let role = role_of(role_byte);
-    let cap: u32 = [256, 512, 1024, 64 * 1024][usize::from(input.u8() % 4)];
+    let cap_byte = input.u8();
+    let cap: u32 = [256, 512, 1024, 64 * 1024][usize::from(cap_byte % 4)];
+    let combined = cap_byte & 0x80 != 0;
     let peer = peer_stream(input.u8());
     let our_frame = encode_frame(
         &WorkloadMetadata::default().to_exchange_struct(&[]),
         NODE_ID,
     );
-    let mut sidecar = Sidecar::new(role, cap);
+    let mut sidecar = Sidecar::new(role, cap, combined);
     let mut gate: Option<bool> = None;
     let mut peer_at = 0;
     let mut biggest_chunk = 0;

@@ -1,20 +1,28 @@
 //! One root type for the whole module: `on_configure` reads `plugin_root_id` and becomes the
-//! exchange filter or the stats filter. proxy-wasm's Rust SDK registers a single root factory,
-//! so the choice by `root_id` is made here; the streams it creates are of the chosen filter.
+//! combined filter, the exchange filter or the stats filter. proxy-wasm's Rust SDK registers a
+//! single root factory, so the choice by `root_id` is made here; the streams it creates are of
+//! the chosen filter.
 
 use crate::host::{Action, Buffer, Host, PeerType};
 use crate::host_log;
 use crate::logic::gateway_node::is_gateway_node;
-use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+use crate::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 
+use super::connection_host::ConnectionHost;
 use super::exchange::{ExchangeRoot, ExchangeStream};
 use super::node;
 use super::stats::{StatsRoot, StatsStream};
+use super::telemetry::{TelemetryRoot, TelemetryStream};
+
+/// Every filter runs over [`ConnectionHost`] (the separate ones without its per-connection
+/// cache): one instantiation of the filters' code in the module, not one per host type.
+type On<H> = ConnectionHost<H>;
 
 enum Filter<H: Host> {
     Unconfigured,
-    Exchange(ExchangeRoot<H>),
-    Stats(StatsRoot<H>),
+    Exchange(ExchangeRoot<On<H>>),
+    Stats(StatsRoot<On<H>>),
+    Telemetry(TelemetryRoot<H>),
     /// Configured on an Istio gateway (`router~` node): every stream passes untouched.
     InertOnGateway,
 }
@@ -29,8 +37,9 @@ pub struct Dispatch<H: Host> {
 pub enum Stream<H: Host> {
     /// Leaves every byte alone (a root whose configuration failed, or on a gateway).
     PassThrough,
-    Exchange(ExchangeStream<H>),
-    Stats(StatsStream<H>),
+    Exchange(ExchangeStream<On<H>>),
+    Stats(StatsStream<On<H>>),
+    Telemetry(TelemetryStream<H>),
 }
 
 impl<H: Host + Clone> Dispatch<H> {
@@ -61,13 +70,15 @@ impl<H: Host + Clone> Dispatch<H> {
             .host
             .buffer(Buffer::PluginConfiguration, 0, config_size)
             .map_err(|e| format!("reading the plugin configuration failed: {e}"))?;
-        let host = self.host.clone();
+        let host = ConnectionHost::for_root(self.host.clone());
         self.filter = match root_id.as_str() {
             EXCHANGE_ROOT_ID => Filter::Exchange(ExchangeRoot::configure(host, &config)?),
             STATS_ROOT_ID => Filter::Stats(StatsRoot::configure(host, &config)?),
+            TELEMETRY_ROOT_ID => Filter::Telemetry(TelemetryRoot::configure(host, &config)?),
             other => {
                 return Err(format!(
-                    "unknown root_id {other:?}: use {EXCHANGE_ROOT_ID:?} or {STATS_ROOT_ID:?}"
+                    "unknown root_id {other:?}: use {TELEMETRY_ROOT_ID:?}, {EXCHANGE_ROOT_ID:?} \
+                     or {STATS_ROOT_ID:?}"
                 ))
             }
         };
@@ -87,8 +98,10 @@ impl<H: Host + Clone> Dispatch<H> {
     }
 
     pub fn on_tick(&mut self) {
-        if let Filter::Stats(stats) = &mut self.filter {
-            stats.on_tick();
+        match &mut self.filter {
+            Filter::Stats(stats) => stats.on_tick(),
+            Filter::Telemetry(telemetry) => telemetry.on_tick(),
+            Filter::Exchange(_) | Filter::Unconfigured | Filter::InertOnGateway => {}
         }
     }
 
@@ -96,6 +109,7 @@ impl<H: Host + Clone> Dispatch<H> {
         match &self.filter {
             Filter::Exchange(root) => Stream::Exchange(root.create_stream()),
             Filter::Stats(root) => Stream::Stats(root.create_stream(context_id)),
+            Filter::Telemetry(root) => Stream::Telemetry(root.create_stream(context_id)),
             Filter::Unconfigured | Filter::InertOnGateway => Stream::PassThrough,
         }
     }
@@ -107,6 +121,7 @@ impl<H: Host> Stream<H> {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_downstream_data(data_size, end_of_stream),
             Stream::Stats(s) => s.on_downstream_data(data_size, end_of_stream),
+            Stream::Telemetry(s) => s.on_downstream_data(data_size, end_of_stream),
         }
     }
 
@@ -115,6 +130,7 @@ impl<H: Host> Stream<H> {
             Stream::PassThrough => Action::Continue,
             Stream::Exchange(s) => s.on_upstream_data(data_size, end_of_stream),
             Stream::Stats(s) => s.on_upstream_data(data_size, end_of_stream),
+            Stream::Telemetry(s) => s.on_upstream_data(data_size, end_of_stream),
         }
     }
 
@@ -124,21 +140,26 @@ impl<H: Host> Stream<H> {
         match self {
             Stream::Exchange(s) => s.on_downstream_close(),
             Stream::Stats(s) => s.on_close(true, peer),
+            Stream::Telemetry(s) => s.on_downstream_close(peer),
             Stream::PassThrough => {}
         }
     }
 
     /// The upstream connection closed.
     pub fn on_upstream_close(&mut self, peer: PeerType) {
-        if let Stream::Stats(s) = self {
-            s.on_close(false, peer);
+        match self {
+            Stream::Stats(s) => s.on_close(false, peer),
+            Stream::Telemetry(s) => s.on_upstream_close(peer),
+            Stream::Exchange(_) | Stream::PassThrough => {}
         }
     }
 
     /// The connection is done (after both closes).
     pub fn on_log(&mut self) {
-        if let Stream::Stats(s) = self {
-            s.on_log();
+        match self {
+            Stream::Stats(s) => s.on_log(),
+            Stream::Telemetry(s) => s.on_log(),
+            Stream::Exchange(_) | Stream::PassThrough => {}
         }
     }
 }

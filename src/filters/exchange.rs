@@ -12,19 +12,23 @@ use crate::logic::exchange::config::{ClientGate, ExchangeConfig, Role, Side};
 use crate::logic::exchange::frame::{encode_frame, PeerFrame};
 use crate::logic::exchange::memo::PayloadMemo;
 use crate::logic::exchange::{self as machine, Event, Exchange, NotFound, Verdict};
+use crate::logic::handover::{PeerDecision, PublishMemo};
 use crate::logic::log_limit::{WarnLimiter, WARN_INTERVAL_NANOS};
 use crate::logic::peer::{self, PeerSlot};
-use crate::logic::workload::WorkloadMetadata;
 
 use super::node;
 
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: ExchangeConfig,
+    /// Encoded once per root: the node's id and metadata come from the bootstrap and cannot
+    /// change under a running Envoy; a new filter configuration (xDS) is a new root.
     our_frame: Vec<u8>,
     counters: [Option<Counter>; machine::Counter::ALL.len()],
     /// Payloads this worker decoded lately (owned here, lent to each connection's decoder).
     memo: RefCell<PayloadMemo>,
+    /// Peers this worker published lately: converted and encoded once per distinct peer.
+    published: RefCell<PublishMemo>,
     /// A peer can cause a "no peer metadata" case on every connection: warn once a minute.
     warnings: RefCell<WarnLimiter>,
 }
@@ -57,6 +61,11 @@ pub struct ExchangeRoot<H: Host> {
 impl<H: Host + Clone> ExchangeRoot<H> {
     pub fn configure(host: H, config: &[u8]) -> Result<Self, String> {
         let config = ExchangeConfig::parse(config).map_err(|e| e.to_string())?;
+        Ok(Self::with_config(host, config))
+    }
+
+    /// A root for a parsed configuration (the combined filter parses its own).
+    pub fn with_config(host: H, config: ExchangeConfig) -> Self {
         let local = node::local_workload(&host);
         let our_frame = encode_frame(
             &local.to_exchange_struct(&config.additional_labels),
@@ -79,25 +88,32 @@ impl<H: Host + Clone> ExchangeRoot<H> {
             our_frame.len(),
             local.workload_name
         );
-        Ok(ExchangeRoot {
+        ExchangeRoot {
             host,
             shared: Rc::new(Shared {
+                published: RefCell::new(PublishMemo::new(PeerSlot::of_side(config.side))),
                 config,
                 our_frame,
                 counters,
                 memo: RefCell::new(PayloadMemo::default()),
                 warnings: RefCell::new(WarnLimiter::default()),
             }),
-        })
+        }
     }
 
     pub fn create_stream(&self) -> ExchangeStream<H> {
+        self.create_stream_on(self.host.clone())
+    }
+
+    /// A stream whose host calls go through `host` (the combined filter's per-connection host).
+    pub fn create_stream_on(&self, host: H) -> ExchangeStream<H> {
         let config = &self.shared.config;
         ExchangeStream {
-            host: self.host.clone(),
+            host,
             exchange: Exchange::new(config.role, config.max_frame_bytes),
             shared: Rc::clone(&self.shared),
             started: false,
+            decision: None,
         }
     }
 }
@@ -107,21 +123,44 @@ pub struct ExchangeStream<H: Host> {
     shared: Rc<Shared>,
     exchange: Exchange,
     started: bool,
+    /// The decision about the peer, once made, until the combined filter takes it.
+    decision: Option<PeerDecision>,
+}
+
+/// What a data callback did: the action, and how many application bytes it passed on (the
+/// buffer without the peer's frame and without ours; 0 while paused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passed {
+    pub action: Action,
+    pub app_bytes: usize,
 }
 
 impl<H: Host> ExchangeStream<H> {
     pub fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.downstream(data_size, end_of_stream).action
+    }
+
+    pub fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        self.upstream(data_size, end_of_stream).action
+    }
+
+    pub fn downstream(&mut self, data_size: usize, end_of_stream: bool) -> Passed {
         match self.shared.config.side {
             Side::Client => self.outgoing(Buffer::Downstream, data_size),
             Side::Server => self.incoming(Buffer::Downstream, data_size, end_of_stream),
         }
     }
 
-    pub fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+    pub fn upstream(&mut self, data_size: usize, end_of_stream: bool) -> Passed {
         match self.shared.config.side {
             Side::Client => self.incoming(Buffer::Upstream, data_size, end_of_stream),
             Side::Server => self.outgoing(Buffer::Upstream, data_size),
         }
+    }
+
+    /// The decision about the peer made since the last call (at most one per connection).
+    pub fn take_decision(&mut self) -> Option<PeerDecision> {
+        self.decision.take()
     }
 
     /// The connection closed (Envoy's close event, not a half-close): a peer still undecided is
@@ -153,9 +192,13 @@ impl<H: Host> ExchangeStream<H> {
         self.apply_events(events);
     }
 
-    fn outgoing(&mut self, buffer: Buffer, data_size: usize) -> Action {
+    fn outgoing(&mut self, buffer: Buffer, data_size: usize) -> Passed {
+        let passed = Passed {
+            action: Action::Continue,
+            app_bytes: data_size,
+        };
         if self.exchange.is_settled() {
-            return Action::Continue;
+            return passed;
         }
         self.start();
         let verdict = self.exchange.on_outgoing(data_size);
@@ -169,12 +212,16 @@ impl<H: Host> ExchangeStream<H> {
             }
         }
         self.apply_events(verdict.events);
-        Action::Continue
+        passed
     }
 
-    fn incoming(&mut self, buffer: Buffer, data_size: usize, end_of_stream: bool) -> Action {
+    fn incoming(&mut self, buffer: Buffer, data_size: usize, end_of_stream: bool) -> Passed {
+        let all = Passed {
+            action: Action::Continue,
+            app_bytes: data_size,
+        };
         if self.exchange.is_settled() {
-            return Action::Continue;
+            return all;
         }
         self.start();
         let held = self.exchange.held_incoming();
@@ -191,7 +238,7 @@ impl<H: Host> ExchangeStream<H> {
             );
             let events = self.exchange.abandon();
             self.apply_events(events);
-            return Action::Continue;
+            return all;
         };
         let Verdict {
             strip,
@@ -214,9 +261,15 @@ impl<H: Host> ExchangeStream<H> {
         }
         self.apply_events(events);
         if pause {
-            Action::Pause
+            Passed {
+                action: Action::Pause,
+                app_bytes: 0,
+            }
         } else {
-            Action::Continue
+            Passed {
+                action: Action::Continue,
+                app_bytes: data_size.saturating_sub(strip),
+            }
         }
     }
 
@@ -257,34 +310,40 @@ impl<H: Host> ExchangeStream<H> {
                     "ignoring peer metadata on a connection without mutual TLS (trust: mtls_only)"
                 ),
             );
-            self.write(peer::not_found());
+            self.write(&peer::not_found());
+            self.decision = Some(PeerDecision::NotFound);
             return;
         }
-        let found = WorkloadMetadata::from_exchange_struct(&frame.metadata);
+        let published = self
+            .shared
+            .published
+            .borrow_mut()
+            .publish(&frame.metadata, frame.id.as_deref());
         host_log!(
             &self.host,
             Debug,
             "peer found: workload {:?} namespace {:?}",
-            found.workload_name,
-            found.namespace
+            published.metadata.workload_name,
+            published.metadata.namespace
         );
-        let slot = PeerSlot::of_side(config.side);
-        self.write(peer::found(slot, &found, frame.id.as_deref()));
+        self.write(&published.writes);
+        self.decision = Some(PeerDecision::Found(published));
     }
 
-    fn publish_not_found(&self, why: &NotFound) {
+    fn publish_not_found(&mut self, why: &NotFound) {
         if why.is_warning(self.shared.config.role) {
             self.shared
                 .warn_limited(&self.host, format_args!("no peer metadata: {why}"));
         } else {
             host_log!(&self.host, Debug, "no peer metadata: {why}");
         }
-        self.write(peer::not_found());
+        self.write(&peer::not_found());
+        self.decision = Some(PeerDecision::NotFound);
     }
 
-    fn write(&self, writes: Vec<peer::Write>) {
+    fn write(&self, writes: &[peer::Write]) {
         for (key, value) in writes {
-            if let Err(e) = self.host.set_property(&[key], &value) {
+            if let Err(e) = self.host.set_property(&[key], value) {
                 host_log!(&self.host, Error, "setting filter state {key} failed: {e}");
             }
         }

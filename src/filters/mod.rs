@@ -5,13 +5,16 @@
 //! - [`dispatch`]: the root chosen by `root_id`, and the stream it creates;
 //! - [`exchange`]: applies the exchange machine's verdicts to buffers and filter state;
 //! - [`stats`]: counts bytes, asks the reporting machine, increments counter handles;
+//! - [`telemetry`]: both in one stream context, the peer handed over in memory;
 //! - [`node`]: the local node's metadata.
 
 #![forbid(unsafe_code)]
 
+mod connection_host;
 pub mod dispatch;
 pub mod exchange;
 mod node;
 pub mod stats;
+pub mod telemetry;
 
 pub use dispatch::{Dispatch, Stream};

@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use crate::host::{Action, Counter, Gauge, Histogram, Host, PeerType};
 use crate::host_log;
+use crate::logic::handover::PeerDecision;
 use crate::logic::peer::PeerSlot;
 use crate::logic::stats::close::{self, CloseFacts, CloseOrder};
 use crate::logic::stats::inputs::{self, paths, LabelInputs};
@@ -38,6 +39,7 @@ enum Metric {
 /// Per-VM state shared by a root and its streams.
 struct Shared {
     config: StatsConfig,
+    /// Read once per root: node metadata is the bootstrap's, fixed for the Envoy's life.
     local: WorkloadMetadata,
     book: RefCell<SeriesBook<Metric>>,
     folded: Option<Counter>,
@@ -56,6 +58,15 @@ struct Connection {
     order: CloseOrder,
     /// The properties the labels came from, kept only for metrics resolved at close.
     inputs: Option<LabelInputs>,
+    peer: PeerSource,
+}
+
+/// Where a connection learns its peer.
+enum PeerSource {
+    /// The exchange filter's filter state, polled (the separate `istio_tcp_stats` filter).
+    FilterState,
+    /// Handed over in memory by the combined filter; `None` until the exchange decides.
+    HandedOver(Option<PeerDecision>),
 }
 
 /// The live connections of one worker by context id: each stream's own entry, and what the
@@ -71,6 +82,11 @@ pub struct StatsRoot<H: Host> {
 impl<H: Host + Clone> StatsRoot<H> {
     pub fn configure(host: H, config: &[u8]) -> Result<Self, String> {
         let config = StatsConfig::parse(config).map_err(|e| e.to_string())?;
+        Self::with_config(host, config)
+    }
+
+    /// A root for a parsed configuration (the combined filter parses its own).
+    pub fn with_config(host: H, config: StatsConfig) -> Result<Self, String> {
         host.set_tick_period(config.tcp_reporting_duration)
             .map_err(|e| format!("setting the reporting tick failed: {e}"))?;
         let folded = host.define_counter(FOLDED_SERIES_METRIC).ok();
@@ -107,6 +123,16 @@ impl<H: Host + Clone> StatsRoot<H> {
     }
 
     pub fn create_stream(&self, context_id: u32) -> StatsStream<H> {
+        self.stream(context_id, PeerSource::FilterState, self.host.clone())
+    }
+
+    /// A stream whose peer the combined filter hands over ([`StatsStream::hand_over`]), its
+    /// host calls through `host` (the combined filter's per-connection host).
+    pub fn create_handed_stream(&self, context_id: u32, host: H) -> StatsStream<H> {
+        self.stream(context_id, PeerSource::HandedOver(None), host)
+    }
+
+    fn stream(&self, context_id: u32, peer: PeerSource, host: H) -> StatsStream<H> {
         let started = if self.shared.clock {
             self.host.now_nanos()
         } else {
@@ -120,10 +146,11 @@ impl<H: Host + Clone> StatsRoot<H> {
                 reporter: self.shared.config.reporter,
                 order: CloseOrder::default(),
                 inputs: None,
+                peer,
             },
         );
         StatsStream {
-            host: self.host.clone(),
+            host,
             context_id,
             shared: Rc::clone(&self.shared),
             live: Rc::clone(&self.live),
@@ -149,6 +176,15 @@ impl<H: Host> StatsStream<H> {
         self.on_data(end_of_stream.then_some(false), |stats| {
             stats.add_sent(data_size)
         })
+    }
+
+    /// The exchange's decision, from the combined filter (ignored by a filter-state stream).
+    pub fn hand_over(&self, decision: PeerDecision) {
+        if let Some(connection) = self.live.borrow_mut().get_mut(&self.context_id) {
+            if let PeerSource::HandedOver(slot) = &mut connection.peer {
+                *slot = Some(decision);
+            }
+        }
     }
 
     /// `ended`: this callback ends the downstream (`Some(true)`) or upstream direction.
@@ -199,13 +235,16 @@ fn step(host: &impl Host, shared: &Shared, connection: &mut Connection, moment: 
         reporter,
         order,
         inputs,
+        peer,
     } = connection;
-    let report = stats.step(moment, || {
-        peer_decided(host, reporter_or_read(reporter, host))
+    let report = stats.step(moment, || match peer {
+        PeerSource::FilterState => peer_decided(host, reporter_or_read(reporter, host)),
+        PeerSource::HandedOver(decision) => decision.is_some(),
     });
     if report.labels_needed {
         let gauge = !report.opened_at_close;
-        (*handles, *inputs) = handles_of(host, shared, reporter_or_read(reporter, host), gauge);
+        let reporter = reporter_or_read(reporter, host);
+        (*handles, *inputs) = handles_of(host, shared, reporter, peer, gauge);
     }
     let kept = match moment {
         Moment::Close { .. } => inputs.take(),
@@ -280,9 +319,10 @@ fn handles_of(
     host: &impl Host,
     shared: &Shared,
     reporter: Reporter,
+    peer: &PeerSource,
     gauge: bool,
 ) -> (Handles<Metric>, Option<LabelInputs>) {
-    let inputs = read_inputs(host, reporter);
+    let inputs = read_inputs(host, reporter, peer);
     let kept = shared.close_metrics.then(|| inputs.clone());
     let key = inputs.key();
     if let Some(handles) = shared.book.borrow().cached(&key) {
@@ -346,9 +386,15 @@ fn resolve(
 }
 
 /// The properties the labels come from, as the host returns them.
-fn read_inputs(host: &impl Host, reporter: Reporter) -> LabelInputs {
+fn read_inputs(host: &impl Host, reporter: Reporter, source: &PeerSource) -> LabelInputs {
     let read = |path: &[&str]| host.property(path).ok().flatten();
-    let peer = read(&[PeerSlot::of_reporter(reporter).peer_key()]);
+    let (peer, handed_peer) = match source {
+        PeerSource::FilterState => (read(&[PeerSlot::of_reporter(reporter).peer_key()]), None),
+        PeerSource::HandedOver(Some(PeerDecision::Found(p))) => {
+            (p.peer_bytes().map(<[u8]>::to_vec), Some(Rc::clone(p)))
+        }
+        PeerSource::HandedOver(_) => (None, None),
+    };
     let upstream_host = if inputs::wants_upstream_host(reporter, peer.as_deref()) {
         upstream_host(host)
     } else {
@@ -359,6 +405,7 @@ fn read_inputs(host: &impl Host, reporter: Reporter) -> LabelInputs {
     LabelInputs {
         reporter: Some(reporter),
         peer,
+        handed_peer,
         upstream_host,
         peer_principal: san(paths::PEER_SAN),
         local_principal: san(paths::LOCAL_SAN),

@@ -28,7 +28,10 @@
 //!   `upstream(id, b"", true)`, and changes a property mid-connection with
 //!   `set_connection_property` (Envoy's `response.flags` at close);
 //! - **foreign functions**: `declare_property` (a name declared twice is BadArgument); a clock
-//!   that moves only when a test says so.
+//!   that moves only when a test says so;
+//! - **accounting**: every VM callback the fake makes and every host call a filter makes are
+//!   counted, by callback ([`FakeEnvoy::calls`]): the host-call budget of docs/BENCHMARKS.md is
+//!   pinned as counts by a native test.
 
 #![forbid(unsafe_code)]
 
@@ -132,6 +135,11 @@ struct World {
     now_nanos: u64,
     /// Keys declared typed through the `declare_property` foreign function, with their schema.
     declared: BTreeMap<String, Vec<u8>>,
+    /// The VM callback running now (`on_configure`, `on_downstream_data`, …).
+    callback: &'static str,
+    /// (callback, call) → how many times: the callback itself under `"callback"`, each host
+    /// call under its proxy-wasm name with the property path or buffer when it has one.
+    calls: BTreeMap<(&'static str, String), u64>,
 }
 
 /// Host calls whose failure a test can inject.
@@ -169,6 +177,12 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
+    fn count(&self, call: impl Into<String>) {
+        let mut world = self.world.borrow_mut();
+        let key = (world.callback, call.into());
+        *world.calls.entry(key).or_default() += 1;
+    }
+
     fn check(&self, call: HostCall) -> Result<(), HostError> {
         if self.world.borrow().failing.contains(&call) {
             Err(HostError::INTERNAL_FAILURE)
@@ -180,6 +194,7 @@ impl FakeHost {
 
 impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        self.count(format!("get_property {}", path.join(".")));
         if path != ["plugin_root_id"] {
             self.check(HostCall::Property)?;
         }
@@ -211,6 +226,7 @@ impl Host for FakeHost {
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
+        self.count(format!("set_property {}", path.join(".")));
         self.check(HostCall::SetProperty)?;
         let mut world = self.world.borrow_mut();
         let connection = world.connection_mut().ok_or(HostError::NOT_FOUND)?;
@@ -221,6 +237,7 @@ impl Host for FakeHost {
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max: usize) -> Result<Vec<u8>, HostError> {
+        self.count(format!("get_buffer {buffer:?}"));
         if buffer != Buffer::PluginConfiguration {
             self.check(HostCall::Buffer)?;
         }
@@ -250,6 +267,7 @@ impl Host for FakeHost {
         len: usize,
         value: &[u8],
     ) -> Result<(), HostError> {
+        self.count(format!("set_buffer {buffer:?}"));
         self.check(HostCall::SetBuffer)?;
         let index = match buffer {
             Buffer::Downstream => 0,
@@ -281,6 +299,7 @@ impl Host for FakeHost {
     }
 
     fn increment(&self, counter: Counter, by: u64) -> Result<(), HostError> {
+        self.count("increment_metric");
         self.check(HostCall::Increment)?;
         let mut world = self.world.borrow_mut();
         let metric = world
@@ -296,6 +315,7 @@ impl Host for FakeHost {
     }
 
     fn add(&self, gauge: Gauge, by: i64) -> Result<(), HostError> {
+        self.count("add_metric");
         self.check(HostCall::Increment)?;
         let mut world = self.world.borrow_mut();
         let metric = world
@@ -312,6 +332,7 @@ impl Host for FakeHost {
     }
 
     fn record(&self, histogram: Histogram, value: u64) -> Result<(), HostError> {
+        self.count("record_metric");
         let mut world = self.world.borrow_mut();
         let metric = world
             .metrics
@@ -322,6 +343,7 @@ impl Host for FakeHost {
     }
 
     fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.count("set_tick_period");
         self.check(HostCall::SetTickPeriod)?;
         let mut world = self.world.borrow_mut();
         let root = world.roots.get_mut(self.root).ok_or(HostError::NOT_FOUND)?;
@@ -330,6 +352,7 @@ impl Host for FakeHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.count("set_effective_context");
         self.check(HostCall::SetEffectiveContext)?;
         let mut world = self.world.borrow_mut();
         if !world.contexts.contains_key(&context_id) {
@@ -344,6 +367,7 @@ impl Host for FakeHost {
         name: &str,
         arguments: &[u8],
     ) -> Result<Option<Vec<u8>>, HostError> {
+        self.count(format!("call_foreign_function {name}"));
         self.check(HostCall::ForeignFunction)?;
         match name {
             // Envoy 1.40's `declare_property`: DeclarePropertyArguments {name = 1, …, schema = 4};
@@ -362,6 +386,7 @@ impl Host for FakeHost {
     }
 
     fn now_nanos(&self) -> u64 {
+        self.count("get_current_time");
         self.world.borrow().now_nanos
     }
 
@@ -370,11 +395,22 @@ impl Host for FakeHost {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
+        self.count("log");
         self.world
             .borrow_mut()
             .logs
             .push((level, message.to_string()));
     }
+}
+
+/// A VM callback starts: host calls from now on are counted under it.
+fn enter(world: &Rc<RefCell<World>>, callback: &'static str) {
+    let mut world = world.borrow_mut();
+    world.callback = callback;
+    *world
+        .calls
+        .entry((callback, "callback".into()))
+        .or_default() += 1;
 }
 
 /// Fields 1 (name) and 4 (schema) of a `DeclarePropertyArguments` message.
@@ -392,6 +428,7 @@ fn declared_property(bytes: &[u8]) -> Option<(String, Vec<u8>)> {
 
 impl FakeHost {
     fn define(&self, name: &str) -> Result<u32, HostError> {
+        self.count("define_metric");
         self.check(HostCall::DefineMetric)?;
         let mut world = self.world.borrow_mut();
         if let Some(i) = world.metrics.iter().position(|m| m.name == name) {
@@ -486,6 +523,8 @@ impl FakeEnvoy {
                 failing: Vec::new(),
                 now_nanos: 1_000_000_000,
                 declared: BTreeMap::new(),
+                callback: "none",
+                calls: BTreeMap::new(),
             })),
             listeners: Vec::new(),
             connections: BTreeMap::new(),
@@ -540,6 +579,7 @@ impl FakeEnvoy {
                 root,
             };
             let mut dispatch = Dispatch::new(host);
+            self.enter("on_configure");
             if !dispatch.on_configure(config.len()) {
                 let world = self.world.borrow();
                 let why = world
@@ -581,6 +621,7 @@ impl FakeEnvoy {
             let context = self.next_id;
             self.next_id += 1;
             self.world.borrow_mut().contexts.insert(context, id);
+            self.enter("on_context_create");
             let stream: Box<dyn StreamFilter> = match filter {
                 Filter::Shipped(root) => Box::new(root.create_stream(context)),
                 Filter::Test(make) => make(FakeHost {
@@ -660,8 +701,14 @@ impl FakeEnvoy {
                 state.buffers[d].len()
             };
             let action = match direction {
-                Direction::Downstream => stream.on_downstream_data(size, eos),
-                Direction::Upstream => stream.on_upstream_data(size, eos),
+                Direction::Downstream => {
+                    enter(&self.world, "on_downstream_data");
+                    stream.on_downstream_data(size, eos)
+                }
+                Direction::Upstream => {
+                    enter(&self.world, "on_upstream_data");
+                    stream.on_upstream_data(size, eos)
+                }
             };
             let mut world = self.world.borrow_mut();
             let Some(state) = world.connections.get_mut(&id) else {
@@ -709,11 +756,17 @@ impl FakeEnvoy {
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
                 // The client closed: its connection's peer is remote.
+                enter(&self.world, "on_downstream_close");
                 stream.on_downstream_close(PeerType::Remote);
             }
             for (context, stream) in &mut connection.streams {
                 self.world.borrow_mut().effective = Some(*context);
+                enter(&self.world, "on_log");
                 stream.on_log();
+            }
+            for _ in &connection.streams {
+                enter(&self.world, "on_done");
+                enter(&self.world, "on_delete");
             }
             let mut world = self.world.borrow_mut();
             for (context, _) in &connection.streams {
@@ -729,10 +782,25 @@ impl FakeEnvoy {
             for filter in listener.filters.iter_mut() {
                 if let Filter::Shipped(root) = filter {
                     self.world.borrow_mut().effective = None;
+                    enter(&self.world, "on_tick");
                     root.on_tick();
                 }
             }
         }
+    }
+
+    fn enter(&self, callback: &'static str) {
+        enter(&self.world, callback);
+    }
+
+    /// Every VM callback (`(callback, "callback")`) and host call (`(callback, "get_property
+    /// xds.cluster_name")`, …) since the last [`FakeEnvoy::reset_calls`], with counts.
+    pub fn calls(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.world.borrow().calls.clone()
+    }
+
+    pub fn reset_calls(&mut self) {
+        self.world.borrow_mut().calls.clear();
     }
 
     /// The tick period each root asked for, in listener and chain order.

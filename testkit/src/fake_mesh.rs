@@ -13,7 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID};
+use istio_tcp_telemetry::{EXCHANGE_ROOT_ID, STATS_ROOT_ID, TELEMETRY_ROOT_ID};
 
 use crate::fake_envoy::{ConnectionId, Direction, FakeEnvoy, ListenerId};
 use crate::metadata::{self as node, Workload};
@@ -33,6 +33,9 @@ pub struct MeshBuilder {
     pub mtls: bool,
     /// The client's endpoint carries `tlsMode: istio`.
     pub mesh_endpoint: bool,
+    /// One `istio_tcp_telemetry` filter per side where both parts are configured, instead of
+    /// the two separate filters.
+    pub combined: bool,
 }
 
 impl Default for MeshBuilder {
@@ -46,6 +49,7 @@ impl Default for MeshBuilder {
             server_stats: Some("{}".into()),
             mtls: true,
             mesh_endpoint: true,
+            combined: false,
         }
     }
 }
@@ -80,6 +84,11 @@ impl MeshBuilder {
         self
     }
 
+    pub fn combined(mut self, combined: bool) -> Self {
+        self.combined = combined;
+        self
+    }
+
     pub fn mesh_endpoint(mut self, mesh: bool) -> Self {
         self.mesh_endpoint = mesh;
         self
@@ -89,20 +98,32 @@ impl MeshBuilder {
     pub fn build(self) -> Result<Mesh, String> {
         let mut client = FakeEnvoy::new(&self.client.node_id(), Some(self.client.node_metadata()));
         let mut server = FakeEnvoy::new(&self.server.node_id(), Some(self.server.node_metadata()));
+        let client_combined = self.combined_config(&self.client_exchange, &self.client_stats);
+        let server_combined = self.combined_config(&self.server_exchange, &self.server_stats);
         let client_chain: Vec<(&str, &str)> = [
-            self.client_stats.as_deref().map(|c| (STATS_ROOT_ID, c)),
+            client_combined.as_deref().map(|c| (TELEMETRY_ROOT_ID, c)),
+            self.client_stats
+                .as_deref()
+                .filter(|_| client_combined.is_none())
+                .map(|c| (STATS_ROOT_ID, c)),
             self.client_exchange
                 .as_deref()
+                .filter(|_| client_combined.is_none())
                 .map(|c| (EXCHANGE_ROOT_ID, c)),
         ]
         .into_iter()
         .flatten()
         .collect();
         let server_chain: Vec<(&str, &str)> = [
+            server_combined.as_deref().map(|c| (TELEMETRY_ROOT_ID, c)),
             self.server_exchange
                 .as_deref()
+                .filter(|_| server_combined.is_none())
                 .map(|c| (EXCHANGE_ROOT_ID, c)),
-            self.server_stats.as_deref().map(|c| (STATS_ROOT_ID, c)),
+            self.server_stats
+                .as_deref()
+                .filter(|_| server_combined.is_none())
+                .map(|c| (STATS_ROOT_ID, c)),
         ]
         .into_iter()
         .flatten()
@@ -116,6 +137,19 @@ impl MeshBuilder {
             server_listener,
             topology: self,
         })
+    }
+}
+
+impl MeshBuilder {
+    /// The combined filter's configuration for a side, when it runs there.
+    fn combined_config(&self, exchange: &Option<String>, stats: &Option<String>) -> Option<String> {
+        match (self.combined, exchange, stats) {
+            (true, Some(exchange), Some(stats)) => {
+                let stats = if stats.trim().is_empty() { "{}" } else { stats };
+                Some(format!(r#"{{"exchange": {exchange}, "stats": {stats}}}"#))
+            }
+            _ => None,
+        }
     }
 }
 

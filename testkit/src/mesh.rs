@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use crate::certs::{make_mtls_certs, MtlsCerts};
 use crate::envoy::Envoy;
 use crate::files::{self as support, free_port, TempDir};
-use crate::render::{render, render_text, shipped_template, yaml_single_quoted, Unused};
+pub use crate::render::Filters;
+use crate::render::{render_text, shipped_template, yaml_single_quoted, Unused};
 
 pub use crate::bookinfo::{
     MONGODB_ENDPOINT_WORKLOAD as ENDPOINT_WORKLOAD, MONGODB_NODE_ID as SERVER_NODE_ID,
@@ -48,6 +49,9 @@ pub struct MeshOptions {
     /// Applied to each template's text before rendering (the bench lifts circuit breakers and,
     /// for its baseline, removes the Wasm filters); parameters it removes may go unused.
     pub template_edit: Option<fn(&str) -> String>,
+    /// The combined filter (as shipped) or the two separate filters; by default the running
+    /// test's ([`Filters::run`]).
+    pub filters: Filters,
 }
 
 impl Default for MeshOptions {
@@ -67,6 +71,17 @@ impl Default for MeshOptions {
             log_level: None,
             client_yaml_patch: None,
             template_edit: None,
+            filters: Filters::current(),
+        }
+    }
+}
+
+impl MeshOptions {
+    /// The defaults, with this deployment of the module.
+    pub fn with_filters(filters: Filters) -> Self {
+        MeshOptions {
+            filters,
+            ..Default::default()
         }
     }
 }
@@ -90,6 +105,7 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn start(name: &str, backend_port: u16, opts: &MeshOptions) -> Mesh {
+        let name = &format!("{name}-{}", opts.filters.name());
         let dir = TempDir::new(name);
         let certs = make_mtls_certs(&dir.path().join("certs"));
         let client_access_log = dir.path().join("client-access.log");
@@ -118,11 +134,11 @@ impl Mesh {
             }
             builder.start()
         };
-        let render = |template: &str, params: &[(&str, String)]| match opts.template_edit {
-            None => render(template, params),
-            Some(edit) => {
-                let text = edit(&shipped_template(template));
-                render_text(template, &text, params, Unused::Allowed)
+        let render = |template: &str, params: &[(&str, String)]| {
+            let text = opts.filters.apply(&shipped_template(template));
+            match opts.template_edit {
+                None => render_text(template, &text, params, Unused::Refused),
+                Some(edit) => render_text(template, &edit(&text), params, Unused::Allowed),
             }
         };
 

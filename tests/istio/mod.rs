@@ -19,6 +19,7 @@ pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub const MOUNTED_MODULE: &str = "/var/local/lib/wasm-filters/istio_tcp_telemetry.wasm";
 pub const EXCHANGE: &str = "istio_metadata_exchange";
 pub const STATS: &str = "istio_tcp_stats";
+pub const TELEMETRY: &str = "istio_tcp_telemetry";
 pub const EXPECTED_FILES: [&str; 4] = [
     "envoyfilter-tcp-telemetry.yaml",
     "envoyfilter-tcp-telemetry-remote.yaml",
@@ -323,7 +324,7 @@ pub fn filter_config(f: &Value) -> Result<(String, Value), String> {
     }
     let c = &tc["config"];
     let root_id = c["root_id"].as_str().unwrap_or_default().to_string();
-    if root_id != EXCHANGE && root_id != STATS {
+    if root_id != EXCHANGE && root_id != STATS && root_id != TELEMETRY {
         return Err(format!("{name}: root_id {root_id:?}"));
     }
     if c["vm_config"]["runtime"] != "envoy.wasm.runtime.v8" {
@@ -354,35 +355,47 @@ pub fn filter_config(f: &Value) -> Result<(String, Value), String> {
     Ok((root_id, json))
 }
 
-/// Order and direction: the root ids in the order the module needs, the exchange's `side` and
-/// the stats `reporter` matching the listener direction.
+/// Order and direction: the root ids in the order the module needs (the two filters, or the
+/// combined one alone), the exchange's `side` and the stats `reporter` matching the listener
+/// direction (in the combined filter's `exchange` and `stats` parts).
 pub fn check_chain(chain: &Chain) -> Result<(), String> {
     let mut order = Vec::new();
     for f in &chain.filters {
         let (root_id, json) = filter_config(f)?;
-        let (side, reporter) = match chain.direction {
-            Direction::Inbound => ("server", "destination"),
-            Direction::Outbound => ("client", "source"),
+        let parts = if root_id == TELEMETRY {
+            vec![
+                (EXCHANGE, json["exchange"].clone()),
+                (STATS, json["stats"].clone()),
+            ]
+        } else {
+            vec![(root_id.as_str(), json.clone())]
         };
-        if root_id == EXCHANGE && json["side"] != side {
-            return Err(format!(
-                "exchange side {} on {:?}",
-                json["side"], chain.direction
-            ));
-        }
-        if root_id == STATS && !json["reporter"].is_null() && json["reporter"] != reporter {
-            return Err(format!(
-                "reporter {} on {:?}",
-                json["reporter"], chain.direction
-            ));
+        for (part, json) in parts {
+            check_direction(chain.direction, part, &json)?;
         }
         order.push(root_id);
     }
-    if order != chain.direction.required_order() {
+    let combined = order.len() == 1 && order[0] == TELEMETRY;
+    if !combined && order != chain.direction.required_order() {
         return Err(format!(
-            "order {order:?}, the module needs {:?}",
+            "order {order:?}, the module needs {:?} or [{TELEMETRY:?}]",
             chain.direction.required_order()
         ));
+    }
+    Ok(())
+}
+
+/// The exchange's `side` or the stats' `reporter` against the listener direction.
+fn check_direction(direction: Direction, root_id: &str, json: &Value) -> Result<(), String> {
+    let (side, reporter) = match direction {
+        Direction::Inbound => ("server", "destination"),
+        Direction::Outbound => ("client", "source"),
+    };
+    if root_id == EXCHANGE && json["side"] != side {
+        return Err(format!("exchange side {} on {direction:?}", json["side"]));
+    }
+    if root_id == STATS && !json["reporter"].is_null() && json["reporter"] != reporter {
+        return Err(format!("reporter {} on {direction:?}", json["reporter"]));
     }
     Ok(())
 }

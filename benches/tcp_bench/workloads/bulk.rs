@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::load::{connect, CHUNK, WARMUP};
-use crate::report::{num, Row, Target};
+use crate::report::{Base, Goal, Row, Target};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
                 if streams > 1 { "s" } else { "" }
             ),
             "MB/s",
-            Target::RatioAtLeast(0.97),
+            Target::Goals(&[Goal::RatioAtLeast(Base::A, 0.97)]),
         );
         let mut cpu = Row::new(
             format!(
@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
             Target::None,
         );
         for i in 0..ctx.pairs {
-            for s in ctx.both {
+            for s in ctx.variants {
                 s.wait_idle();
                 let cpu0 = s.cpu_us();
                 let (v, moved) = bulk(s.client_port(), streams, upload, ctx.secs);
@@ -45,12 +45,11 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
             }
             crate::progress!(
                 ctx.start,
-                "bulk {streams}×{} pair {}/{}: A {} B {} MB/s",
+                "bulk {streams}×{} round {}/{}: {} MB/s",
                 if upload { "up" } else { "down" },
                 i + 1,
                 ctx.pairs,
-                num(row.a[i]),
-                num(row.b[i])
+                row.pair(i)
             );
         }
         rows.push(row);

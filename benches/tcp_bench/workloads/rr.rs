@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::load::{connect, request, window_run, Rate, MSG, WARMUP};
-use crate::report::{num, Row, Target};
+use crate::report::{Base, Goal, Row, Target};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
@@ -15,16 +15,12 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
                 if conns > 1 { "s" } else { "" }
             ),
             "req/s",
-            Target::None,
+            Target::Goals(&[Goal::RatioAtLeast(Base::A, 0.95)]),
         );
         let mut p50 = Row::new(
             format!("request/response, {conns} conn: p50 latency"),
             "µs",
-            if conns == 1 {
-                Target::RatioAtMost(1.05)
-            } else {
-                Target::None
-            },
+            Target::Goals(&[Goal::RatioAtMost(Base::A, 1.05)]),
         );
         let mut p99 = Row::new(
             format!("request/response, {conns} conn: p99 latency"),
@@ -37,7 +33,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
             Target::None,
         );
         for i in 0..ctx.pairs {
-            for s in ctx.both {
+            for s in ctx.variants {
                 s.wait_idle();
                 let cpu0 = s.cpu_us();
                 let r = request_response(s.client_port(), conns, ctx.secs);
@@ -49,13 +45,11 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
             }
             crate::progress!(
                 ctx.start,
-                "request/response {conns} conn pair {}/{}: A {} B {} req/s, p50 A {} B {} µs",
+                "request/response {conns} conn round {}/{}: {} req/s, p50 {} µs",
                 i + 1,
                 ctx.pairs,
-                num(rps.a[i]),
-                num(rps.b[i]),
-                num(p50.a[i]),
-                num(p50.b[i])
+                rps.pair(i),
+                p50.pair(i)
             );
         }
         rows.push(rps);

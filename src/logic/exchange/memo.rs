@@ -6,6 +6,8 @@
 //! payloads of up to [`MAX_PAYLOAD`] bytes with their result. Its owner is the exchange filter's
 //! root (one per Wasm VM), which lends it to each connection's decoder: no hidden global state.
 //! A hit returns a clone of the same result, so callers see exactly what [`parse_payload`] says.
+//! It holds only bytes from the wire and their decoding: no xDS value or certificate goes in, so
+//! updates and rotations cannot make an entry stale (a new configuration also gets a new root).
 
 use prost_types::Struct;
 

@@ -60,7 +60,7 @@ impl Default for StatsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStatsConfig {
-    tcp_reporting_duration: Option<serde_json::Value>,
+    tcp_reporting_duration: Option<RawDuration>,
     reporter: Option<Reporter>,
     #[serde(default = "default_max_series")]
     max_series_per_metric: u64,
@@ -109,31 +109,86 @@ impl RawMetricType {
     }
 }
 
-/// A `match` value: one accepted string or a list of them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "serde_json::Value")]
+/// A `match` value: one accepted string or a list of them. Read by a small visitor of its own
+/// (not through `serde_json::Value`), so a wrong value is reported at its own position, under
+/// its attribute's name.
+#[derive(Debug, Clone)]
 enum RawMatch {
     One(String),
     AnyOf(Vec<String>),
 }
 
-impl TryFrom<serde_json::Value> for RawMatch {
-    type Error = String;
+const MATCH_EXPECTED: &str = "a string or a list of strings";
 
-    fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        const EXPECTED: &str = "expected a string or a list of strings";
-        match v {
-            serde_json::Value::String(s) => Ok(RawMatch::One(s)),
-            serde_json::Value::Array(items) => items
-                .into_iter()
-                .map(|i| match i {
-                    serde_json::Value::String(s) => Ok(s),
-                    other => Err(format!("{EXPECTED}, got {other}")),
-                })
-                .collect::<Result<_, _>>()
-                .map(RawMatch::AnyOf),
-            other => Err(format!("{EXPECTED}, got {other}")),
+impl<'de> Deserialize<'de> for RawMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(MATCH_EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawMatch, E> {
+                Ok(RawMatch::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawMatch, A::Error> {
+                let mut items = Vec::new();
+                let mut wrong = None;
+                while let Some(item) = seq.next_element::<MatchItem>()? {
+                    match item {
+                        MatchItem::Text(s) => items.push(s),
+                        MatchItem::Other(what) => wrong = wrong.or(Some(what)),
+                    }
+                }
+                match wrong {
+                    Some(what) => Err(serde::de::Error::custom(format!(
+                        "expected {MATCH_EXPECTED}, got {what}"
+                    ))),
+                    None => Ok(RawMatch::AnyOf(items)),
+                }
+            }
         }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One element of a `match` list: a string, or what else it was (for the error).
+enum MatchItem {
+    Text(String),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for MatchItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MatchItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MatchItem, E> {
+                Ok(MatchItem::Text(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other(v.to_string()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<MatchItem, E> {
+                Ok(MatchItem::Other("null".to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -190,11 +245,54 @@ impl StatsConfig {
 
 /// `"<n>s"`, `"<n>ms"`, `"<n>m"` (n a decimal such as `15` or `1.5`) or a JSON number of
 /// seconds, within [`MIN_REPORTING_DURATION`]..=[`MAX_REPORTING_DURATION`].
-fn reporting_duration(v: &serde_json::Value) -> Result<Duration, String> {
+/// `tcp_reporting_duration` as written: a string with a unit, or a number of seconds. (A small
+/// visitor of its own rather than `serde_json::Value`, whose map and visitors cost the module
+/// several KB for this one field.)
+#[derive(Debug, Clone, PartialEq)]
+enum RawDuration {
+    Text(String),
+    Seconds(f64),
+}
+
+impl std::fmt::Display for RawDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawDuration::Text(s) => write!(f, "{s:?}"),
+            RawDuration::Seconds(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""<n>s", "<n>ms", "<n>m" or a number of seconds"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v as f64))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn reporting_duration(v: &RawDuration) -> Result<Duration, String> {
     const FORMAT: &str = r#"expected "<n>s", "<n>ms", "<n>m" or a number of seconds"#;
     let secs = match v {
-        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| FORMAT.to_string())?,
-        serde_json::Value::String(s) => {
+        RawDuration::Seconds(n) => *n,
+        RawDuration::Text(s) => {
             let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
                 (n, 0.001)
             } else if let Some(n) = s.strip_suffix('s') {
@@ -214,7 +312,6 @@ fn reporting_duration(v: &serde_json::Value) -> Result<Duration, String> {
             };
             n * scale
         }
-        other => return Err(format!("{FORMAT}, got {other}")),
     };
     let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("{v} is not a duration"))?;
     if d < MIN_REPORTING_DURATION {

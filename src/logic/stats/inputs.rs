@@ -6,7 +6,10 @@
 
 use super::labels::{ConnectionFacts, Reporter};
 use super::response_flags;
+use std::rc::Rc;
+
 use crate::logic::endpoint;
+use crate::logic::handover::PublishedPeer;
 use crate::logic::peer;
 use crate::logic::workload::WorkloadMetadata;
 
@@ -51,6 +54,9 @@ pub struct LabelInputs {
     pub reporter: Option<Reporter>,
     /// The peer's Struct from the exchange filter's filter state.
     pub peer: Option<Vec<u8>>,
+    /// The same peer handed over in memory by the combined filter (`peer` holds its bytes, for
+    /// the key): used instead of decoding `peer`.
+    pub handed_peer: Option<Rc<PublishedPeer>>,
     /// Client only, when there is no peer in filter state: the endpoint's metadata.
     pub upstream_host: Option<Vec<u8>>,
     pub peer_principal: String,
@@ -113,7 +119,10 @@ impl LabelInputs {
     ) -> (ConnectionFacts, bool) {
         let reporter = self.reporter();
         let mut cacheable = true;
-        let mut peer = peer::read_peer(self.peer.as_deref());
+        let mut peer = match &self.handed_peer {
+            Some(handed) => Some(handed.metadata.clone()),
+            None => peer::read_peer(self.peer.as_deref()),
+        };
         if peer.is_none() && reporter == Reporter::Source {
             let upstream_host = match self.peer {
                 None => self.upstream_host,

@@ -8,7 +8,10 @@
 //! with the close attributes' values, [`super::close::CloseFacts::cache_key`]): connections
 //! between the same workloads skip decoding, 23 labels, four ~700-byte stat names and the
 //! counter lookups. Only results where every series got its own counter are remembered, so the cap
-//! behaves exactly as without the cache; the cache is emptied when full.
+//! behaves exactly as without the cache; the cache is emptied when full. Correct under xDS
+//! updates and certificate rotation: the key holds every property the labels come from, as read
+//! on that connection (cluster name and metadata, both principals, the peer, the flags), so a
+//! changed cluster or a rotated certificate is a new key; a new configuration is a new root.
 
 use std::collections::HashMap;
 
