@@ -34,12 +34,13 @@ pub enum Variant {
 const STATS_EXTRAS_OFF: &str = r#"{"metrics":[{"name":"tcp_connections_open","drop":true}]}"#;
 
 impl Variant {
-    /// Wasm filters in both sidecars' chains (client 1 chain, server 2 chains).
+    /// Wasm filters in both sidecars' chains (client 1 chain; server 3: mTLS expect, mTLS
+    /// detect, plaintext detect).
     fn wasm_filters(self) -> usize {
         match self {
             Variant::A => 0,
-            Variant::F | Variant::B | Variant::O => 3,
-            Variant::S => 6,
+            Variant::F | Variant::B | Variant::O => 4,
+            Variant::S => 8,
         }
     }
 }
