@@ -16,7 +16,10 @@
 //!   context) on both sidecars (plaintext; the server's plaintext chain in detect mode, as the
 //!   tests' mesh);
 //! - **S**: the two separate filters (`istio_tcp_stats` + `istio_metadata_exchange`), measured
-//!   once, on the short-connection workload and idle.
+//!   once, on the short-connection workload and idle;
+//! - **O**: B with everything beyond Istio's four counters off (the open-connections gauge
+//!   dropped; the lifetime histogram and close attributes are off by default), on the
+//!   short-connection workload: what those additions cost a user who turns them off.
 //!
 //! Every measurement runs A, F, B (and S) in turn, several rounds per workload, and reports
 //! medians, the min–max spread and the B/A and B/F ratios of each round (interleaving is what
@@ -96,6 +99,9 @@ pub struct Ctx<'a> {
     pub variants: [&'a Sidecars; 3],
     /// S: the separate roots, measured after B where a workload says so.
     pub separate: &'a Sidecars,
+    /// O: B with everything beyond Istio's four counters off, measured after S where a
+    /// workload says so.
+    pub extras_off: &'a Sidecars,
     pub backend: &'a BackendProcess,
     pub hard_limit: u64,
     /// Connections one topology can hold within the file-descriptor limit.
@@ -173,12 +179,19 @@ fn main() {
         "S (istio_metadata_exchange + istio_tcp_stats) ready: client :{}",
         sep.client_port()
     );
+    let off = Sidecars::start(Variant::O, backend.port);
+    progress!(
+        start,
+        "O (istio_tcp_telemetry, only Istio's four counters) ready: client :{}",
+        off.client_port()
+    );
     let ctx = Ctx {
         start,
         pairs,
         secs,
         variants: [&a, &f, &b],
         separate: &sep,
+        extras_off: &off,
         backend: &backend,
         hard_limit,
         max_conns,

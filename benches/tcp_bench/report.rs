@@ -94,6 +94,7 @@ pub struct Row {
     pub f: Vec<f64>,
     pub b: Vec<f64>,
     pub s: Vec<f64>,
+    pub o: Vec<f64>,
     pub target: Target,
     pub note: String,
 }
@@ -107,6 +108,7 @@ impl Row {
             f: Vec::new(),
             b: Vec::new(),
             s: Vec::new(),
+            o: Vec::new(),
             target,
             note: String::new(),
         }
@@ -266,6 +268,17 @@ pub fn table(rows: &[Row]) -> String {
                 vs_f,
             );
         }
+        if !r.o.is_empty() {
+            let [vs_a, vs_f] = r.comparison_cells("O", &r.o);
+            let _ = writeln!(
+                out,
+                "| ↳ the same with B's additions to Istio's four counters off (O: open-connections gauge dropped; lifetime histogram and close attributes are off by default) | {} | | | {} | {} | {} | — |",
+                r.unit,
+                spread(&r.o),
+                vs_a,
+                vs_f,
+            );
+        }
     }
     out
 }
@@ -349,6 +362,7 @@ impl Row {
             Variant::F => self.f.push(value),
             Variant::B => self.b.push(value),
             Variant::S => self.s.push(value),
+            Variant::O => self.o.push(value),
         }
     }
 
@@ -358,6 +372,9 @@ impl Row {
         let mut text = format!("A {} F {} B {}", at(&self.a), at(&self.f), at(&self.b));
         if !self.s.is_empty() {
             text.push_str(&format!(" S {}", at(&self.s)));
+        }
+        if !self.o.is_empty() {
+            text.push_str(&format!(" O {}", at(&self.o)));
         }
         text
     }

@@ -25,15 +25,22 @@ pub enum Variant {
     B,
     /// The two separate filters (`istio_metadata_exchange` + `istio_tcp_stats`) on both.
     S,
+    /// B with everything beyond Istio's four counters off: the open-connections gauge dropped
+    /// (the lifetime histogram and close attributes are off by default).
+    O,
 }
 
+/// Variant O's stats configuration: Istio's four counters only.
+const STATS_EXTRAS_OFF: &str = r#"{"metrics":[{"name":"tcp_connections_open","drop":true}]}"#;
+
 impl Variant {
-    /// Wasm filters in both sidecars' chains (client 1 chain, server 2 chains).
+    /// Wasm filters in both sidecars' chains (client 1 chain; server 3: mTLS expect, mTLS
+    /// detect, plaintext detect).
     fn wasm_filters(self) -> usize {
         match self {
             Variant::A => 0,
-            Variant::F | Variant::B => 3,
-            Variant::S => 6,
+            Variant::F | Variant::B | Variant::O => 4,
+            Variant::S => 8,
         }
     }
 }
@@ -157,13 +164,13 @@ impl Sidecars {
     /// Plaintext (the server's plaintext chain in detect mode), as the tests' mesh.
     pub fn start(variant: Variant, backend_port: u16) -> Sidecars {
         let name = format!("bench-{variant:?}").to_lowercase();
-        let opts = MeshOptions {
+        let mut opts = MeshOptions {
             concurrency: 2,
             log_level: Some("warning"),
             template_edit: Some(match variant {
                 Variant::A => edit_a,
                 Variant::F => edit_f,
-                Variant::B | Variant::S => edit_b,
+                Variant::B | Variant::S | Variant::O => edit_b,
             }),
             filters: match variant {
                 Variant::S => Filters::Separate,
@@ -171,6 +178,10 @@ impl Sidecars {
             },
             ..MeshOptions::default()
         };
+        if variant == Variant::O {
+            opts.client_stats = STATS_EXTRAS_OFF.to_string();
+            opts.server_stats = STATS_EXTRAS_OFF.to_string();
+        }
         let mesh = Mesh::start(&name, backend_port, &opts);
         let wasm_filters = mesh.client_config.matches("wasm.v3.Wasm").count()
             + mesh.server_config.matches("wasm.v3.Wasm").count();

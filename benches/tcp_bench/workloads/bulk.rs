@@ -73,7 +73,12 @@ fn bulk(port: u16, streams: usize, upload: bool, secs: Duration) -> (f64, u64) {
                 let mut buf = vec![0xA5u8; CHUNK];
                 let mut mine = 0u64;
                 let mut all = 0u64;
-                c.write_all(if upload { b"S" } else { b"G" }).unwrap();
+                // 8 bytes, not 1: a first write under 5 bytes makes the server sidecar's
+                // tls_inspector wait its listener_filters_timeout (docs/ENVOY-NOTES.md), which B's
+                // frame would hide and A and F would pay. The backend reads the first byte; the
+                // rest is drained (S) or never read (G).
+                c.write_all(if upload { b"SSSSSSSS" } else { b"GGGGGGGG" })
+                    .unwrap();
                 loop {
                     let n = if upload {
                         c.write(&buf)

@@ -26,8 +26,13 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) {
         );
         let mut errors = 0;
         for i in 0..ctx.pairs {
-            // S (the separate roots) once, here: the workload where contexts per connection matter.
-            for s in ctx.variants.into_iter().chain([ctx.separate]) {
+            // S (the separate roots) and O (B's additions off) here: the workload where the
+            // work per connection shows.
+            for s in ctx
+                .variants
+                .into_iter()
+                .chain([ctx.separate, ctx.extras_off])
+            {
                 s.wait_idle();
                 let cpu0 = s.cpu_us();
                 let r = short_connections(s.client_port(), threads, ctx.secs);
