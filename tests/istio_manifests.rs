@@ -467,8 +467,21 @@ fn client_chain_on_node(node_id: &str, payload: &[u8]) -> (Vec<u8>, String) {
     let echoed = request_until(port, payload, payload);
     assert!(echoed.ends_with(payload), "{echoed:?}");
     let received = got.lock().unwrap().clone();
+    // Envoy writes its log file every 100 ms (and worker VMs configure after the listener is
+    // up): on a gateway node, wait for every filter's line before the log is read.
+    if node_id.starts_with("router~") {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while envoy.log().matches(GATEWAY_LINE).count() < chain_len()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     (received, envoy.log())
 }
+
+/// What each filter logs at configure time on an Istio gateway node.
+const GATEWAY_LINE: &str = "is an Istio gateway (router~)";
 
 /// Filters in the WasmPlugin client chain.
 fn chain_len() -> usize {
@@ -511,7 +524,7 @@ fn on_a_gateway_node_the_module_passes_bytes_and_sends_no_frame() {
         "a gateway must not send a frame"
     );
     assert!(
-        log.matches("is an Istio gateway (router~)").count() >= chain_len(),
+        log.matches(GATEWAY_LINE).count() >= chain_len(),
         "every filter logs that it stays inert:\n{log}"
     );
     // Negative: the same chain on a sidecar node sends its frame ahead of the bytes.

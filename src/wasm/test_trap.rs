@@ -16,7 +16,6 @@ pub fn trap_on_marker(data_size: usize) {
         .buffer(Buffer::Downstream, 0, data_size)
         .unwrap_or_default();
     if data.windows(TRAP_MARKER.len()).any(|w| w == TRAP_MARKER) {
-        // ok: test-only build (feature test-trap); trapping the VM is its purpose
-        panic!("test-trap: trap marker seen");
+        panic!("test-trap: trap marker seen"); // ok: test-only build; trapping is its purpose
     }
 }
