@@ -42,31 +42,7 @@ fn expected_in_order(reporter: &str, mtls: bool) -> Vec<(&'static str, &str)> {
         (_, true) => (CLIENT_SPIFFE, SERVER_SPIFFE, "mutual_tls"),
         (_, false) => ("unknown", "unknown", "none"),
     };
-    vec![
-        ("reporter", reporter),
-        ("source_workload", "ratings-v2"),
-        ("source_canonical_service", "ratings-v2"),
-        ("source_canonical_revision", "v2"),
-        ("source_workload_namespace", "default"),
-        ("source_principal", src_principal),
-        ("source_app", "ratings"),
-        ("source_version", "v2"),
-        ("source_cluster", "Kubernetes"),
-        ("destination_workload", "mongodb-v1"),
-        ("destination_workload_namespace", "default"),
-        ("destination_principal", dst_principal),
-        ("destination_app", "mongodb"),
-        ("destination_version", "v1"),
-        ("destination_service", "mongodb.default.svc.cluster.local"),
-        ("destination_canonical_service", "mongodb"),
-        ("destination_canonical_revision", "v1"),
-        ("destination_service_name", "mongodb"),
-        ("destination_service_namespace", "default"),
-        ("destination_cluster", "Kubernetes"),
-        ("request_protocol", "tcp"),
-        ("response_flags", "-"),
-        ("connection_security_policy", policy),
-    ]
+    testkit::bookinfo::istio_labels(reporter, src_principal, dst_principal, policy)
 }
 
 /// One whole `/stats/prometheus` line, as Istio prints it.

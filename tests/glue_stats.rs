@@ -22,34 +22,10 @@ fn expected(reporter: &str) -> BTreeMap<String, String> {
     } else {
         "mutual_tls"
     };
-    [
-        ("reporter", reporter),
-        ("source_workload", "ratings-v2"),
-        ("source_canonical_service", "ratings-v2"),
-        ("source_canonical_revision", "v2"),
-        ("source_workload_namespace", "default"),
-        ("source_principal", &client),
-        ("source_app", "ratings"),
-        ("source_version", "v2"),
-        ("source_cluster", "Kubernetes"),
-        ("destination_workload", "mongodb-v1"),
-        ("destination_workload_namespace", "default"),
-        ("destination_principal", &server),
-        ("destination_app", "mongodb"),
-        ("destination_version", "v1"),
-        ("destination_service", "mongodb.default.svc.cluster.local"),
-        ("destination_canonical_service", "mongodb"),
-        ("destination_canonical_revision", "v1"),
-        ("destination_service_name", "mongodb"),
-        ("destination_service_namespace", "default"),
-        ("destination_cluster", "Kubernetes"),
-        ("request_protocol", "tcp"),
-        ("response_flags", "-"),
-        ("connection_security_policy", policy),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    testkit::bookinfo::istio_labels(reporter, &client, &server, policy)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// The one series of `metric` on `envoy`, with its value.

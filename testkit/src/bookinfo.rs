@@ -20,3 +20,39 @@ pub const SERVICE_NAMESPACE: &str = "default";
 pub const SERVICE_PORT: u16 = 27017;
 /// The client's view of the server endpoint (`istio.workload` endpoint metadata).
 pub const MONGODB_ENDPOINT_WORKLOAD: &str = "mongodb-v1;default;mongodb;v1;Kubernetes";
+
+/// Istio's 23 labels for ratings-v2 → mongodb-v1, in the order Istio's series list them (tools
+/// that compare series as text depend on it), with the values that depend on the reporter and
+/// the transport passed in.
+pub fn istio_labels<'a>(
+    reporter: &'a str,
+    source_principal: &'a str,
+    destination_principal: &'a str,
+    connection_security_policy: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("reporter", reporter),
+        ("source_workload", "ratings-v2"),
+        ("source_canonical_service", "ratings-v2"),
+        ("source_canonical_revision", "v2"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", source_principal),
+        ("source_app", "ratings"),
+        ("source_version", "v2"),
+        ("source_cluster", "Kubernetes"),
+        ("destination_workload", "mongodb-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", destination_principal),
+        ("destination_app", "mongodb"),
+        ("destination_version", "v1"),
+        ("destination_service", SERVICE_HOST),
+        ("destination_canonical_service", "mongodb"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_service_name", SERVICE_NAME),
+        ("destination_service_namespace", SERVICE_NAMESPACE),
+        ("destination_cluster", "Kubernetes"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
+        ("connection_security_policy", connection_security_policy),
+    ]
+}
